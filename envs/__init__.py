@@ -1,0 +1,1 @@
+"""Gymnasium environments shipped with rlhf. Importing this package registers them."""

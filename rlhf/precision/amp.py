@@ -1,0 +1,76 @@
+"""Training-time precision: autocast around forward passes, fp32 master weights, loss scaling.
+
+The learner's parameters and optimizer state always stay fp32; only the forward computation is
+cast. fp16 needs a GradScaler because small gradients underflow; bf16 has fp32's range and does not.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+import torch
+from torch import nn
+
+TRAIN_MODES = ("fp32", "bf16-mixed", "fp16-mixed")
+_AUTOCAST_DTYPE = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
+
+
+class Precision:
+    """How the learner computes: one object the PPO update asks for autocast and optimizer steps."""
+
+    def __init__(self, train: str = "fp32", device: torch.device | str = "cpu") -> None:
+        if train not in TRAIN_MODES:
+            raise ValueError(f"precision.train = {train!r}: allowed values are {', '.join(TRAIN_MODES)}")
+        self.mode = train
+        self.device = torch.device(device)
+        self.dtype = _AUTOCAST_DTYPE.get(train)
+        use_scaler = train == "fp16-mixed"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler) if use_scaler else None
+        self.skipped_steps = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Context for forward passes; a no-op in fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+             params: Iterable[nn.Parameter], max_grad_norm: float | None) -> dict[str, float]:
+        """backward -> (unscale) -> clip global grad norm -> optimizer step. Returns grad_norm and skipped."""
+        params = list(params)
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            grad_norm = _clip(params, max_grad_norm)
+            optimizer.step()
+            return {"grad_norm": grad_norm, "skipped": 0.0}
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+        grad_norm = _clip(params, max_grad_norm)
+        scale_before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        skipped = float(self.scaler.get_scale() < scale_before)
+        self.skipped_steps += int(skipped)
+        return {"grad_norm": grad_norm, "skipped": skipped}
+
+    def stats(self) -> dict[str, float]:
+        if self.scaler is None:
+            return {}
+        return {"precision/loss_scale": float(self.scaler.get_scale()),
+                "precision/skipped_steps": float(self.skipped_steps)}
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict() if self.scaler else {}, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+
+def _clip(params: list[nn.Parameter], max_grad_norm: float | None) -> float:
+    if max_grad_norm is None:
+        grads = [p.grad for p in params if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+    return float(nn.utils.clip_grad_norm_(params, max_grad_norm))
