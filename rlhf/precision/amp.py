@@ -2,6 +2,11 @@
 
 The learner's parameters and optimizer state always stay fp32; only the forward computation is
 cast. fp16 needs a GradScaler because small gradients underflow; bf16 has fp32's range and does not.
+
+Numerics contract. CUDA autocast runs softmax, log_softmax, layer_norm and losses in float32,
+but CPU autocast does not: under CPU bf16/fp16 autocast they run in the low dtype. So
+log-probs, entropies, ratios and KL must be computed from ``logits.float()`` inside
+``float32_region()``; that is correct on both devices and costs nothing in fp32 mode.
 """
 from __future__ import annotations
 
@@ -13,6 +18,42 @@ from torch import nn
 
 TRAIN_MODES = ("fp32", "bf16-mixed", "fp16-mixed")
 _AUTOCAST_DTYPE = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
+
+
+def check_train_mode(mode: str, model: nn.Module | None = None,
+                     device: torch.device | str = "cpu") -> None:
+    """Refuse training modes that are unknown or known to be a bad idea here (ValueError says why).
+
+    * fp16-mixed on CPU with convolution layers: CPU fp16 convolution backward has no fast
+      kernel and runs orders of magnitude slower than fp32; use bf16-mixed or fp32.
+    * bf16-mixed on a CUDA device without bf16 support: use fp16-mixed.
+    """
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"precision.train = {mode!r}: allowed values are {', '.join(TRAIN_MODES)}")
+    device = torch.device(device)
+    if mode == "fp16-mixed" and device.type == "cpu" and model is not None:
+        convs = [name for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+        if convs:
+            raise ValueError(f"precision.train = 'fp16-mixed' on CPU with convolution layers ({', '.join(convs[:3])}"
+                             f"{', ...' if len(convs) > 3 else ''}): CPU fp16 convolution backward is orders of "
+                             "magnitude slower than fp32; use 'bf16-mixed' or 'fp32' on CPU")
+    if (mode == "bf16-mixed" and device.type == "cuda" and torch.cuda.is_available()
+            and not torch.cuda.is_bf16_supported()):
+        raise ValueError(f"precision.train = 'bf16-mixed': {device} does not support bfloat16; use 'fp16-mixed'")
+
+
+def float32_region() -> contextlib.AbstractContextManager:
+    """Context in which autocast is off (CPU and CUDA): ops run in their inputs' dtype.
+
+    Wrap log_softmax / softmax / entropy / KL / layer norms whose result must be fp32 and
+    pass them ``.float()`` tensors: disabling autocast does not upcast tensors already produced
+    in bf16/fp16.
+    """
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast("cpu", enabled=False))
+    if torch.cuda.is_available():
+        stack.enter_context(torch.autocast("cuda", enabled=False))
+    return stack
 
 
 class Precision:
