@@ -1,0 +1,113 @@
+"""The ``rlhf`` command: train, eval, model-size. User errors print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from rlhf.errors import ConfigError
+
+
+def _default_run_dir(config_path: str) -> Path:
+    return Path("runs") / f"{Path(config_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rlhf.config import load_config
+    from rlhf.trainer import Trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise ConfigError(f"--resume {args.resume!r}: no config.yaml there (is it a run directory?)")
+        overrides = ([args.config] if args.config and "=" in args.config else []) + args.overrides
+        cfg = load_config(run_dir / "config.yaml", overrides)
+        trainer = Trainer(cfg, run_dir, resume=True)
+    else:
+        if not args.config:
+            raise ConfigError("rlhf train needs a config file, e.g. rlhf train configs/cartpole.yaml")
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config)
+        trainer = Trainer(cfg, run_dir)
+    print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
+    stats = trainer.train()
+    done = trainer.global_step >= cfg.total_timesteps
+    state = "finished" if done else "stopped; continue with --resume"
+    print(f"{state} at step {trainer.global_step}: ep_rew_mean {stats.get('rollout/ep_rew_mean', float('nan')):.2f}"
+          f"  checkpoint in {run_dir / 'checkpoints'}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rlhf.evaluate import load_policy, run_episodes
+
+    cfg, policy = load_policy(args.target, args.overrides)
+    result = run_episodes(policy, cfg, args.episodes, deterministic=args.deterministic)
+    result.pop("episode_infos")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['episodes']} episodes: return {result['mean_return']:.2f} +- {result['std_return']:.2f}, "
+              f"length {result['mean_length']:.1f}")
+    return 0
+
+
+def cmd_model_size(args: argparse.Namespace) -> int:
+    from rlhf.config import load_config
+    from rlhf.precision import format_model_size_table, model_size_table
+    from rlhf.trainer import build_policy
+    from rlhf.vec_env import make_vec_env
+
+    target = Path(args.target)
+    cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
+    envs = make_vec_env(cfg.env, num_envs=1)
+    policy = build_policy(cfg, envs.single_observation_space, envs.single_action_space, "cpu")
+    envs.close()
+    rows = model_size_table(policy, optimizer="adam", train_mode=cfg.precision.train)
+    print(format_model_size_table(rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="PPO from config files: DeepRacer-like cars, gym tasks, toy RLHF.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train from a YAML config (key=value overrides follow it)")
+    train.add_argument("config", nargs="?", help="configs/X.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. ppo.learning_rate=1e-3 seed=3")
+    train.add_argument("--run-dir", help="where to write config, TensorBoard events and checkpoints")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
+    ev.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
+    ev.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.kwargs.track=oval")
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--deterministic", action="store_true", help="take the most likely action")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_eval)
+
+    ms = sub.add_parser("model-size", help="parameter count and bytes per precision")
+    ms.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
+    ms.add_argument("overrides", nargs="*")
+    ms.set_defaults(func=cmd_model_size)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"rlhf: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlhf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

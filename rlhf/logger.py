@@ -1,0 +1,77 @@
+"""One metric namespace (Stable-Baselines3's tag names) to TensorBoard, plus a console progress bar."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rlhf.config import LoggingConfig
+
+
+class Logger:
+    """Writes scalars to ``run_dir`` and shows steps/s and recent return while training."""
+
+    def __init__(self, run_dir: str | Path, cfg: LoggingConfig, total_steps: int, start_step: int = 0) -> None:
+        self.cfg = cfg
+        self.writer = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run logged past its last checkpoint.
+            self.writer = SummaryWriter(str(run_dir), purge_step=start_step if start_step else None)
+        self.console = Console(stderr=True)
+        self.progress = None
+        self._last_print = -1
+        self.total = total_steps
+        if cfg.progress_bar and sys.stderr.isatty():
+            self.progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[fps]:>7.0f} steps/s"),
+                                     TextColumn("return {task.fields[ret]}"), TimeRemainingColumn(),
+                                     console=self.console, transient=False)
+            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, fps=0.0, ret="-")
+            self.progress.start()
+        self.t0, self.step0 = time.perf_counter(), start_step
+
+    def fps(self, step: int) -> float:
+        return (step - self.step0) / max(time.perf_counter() - self.t0, 1e-9)
+
+    def log(self, stats: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in stats.items():
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    self.writer.add_scalar(key, value, step)
+        ret = stats.get("rollout/ep_rew_mean")
+        ret_text = "-" if ret is None or math.isnan(ret) else f"{ret:.1f}"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=min(step, self.total), fps=stats.get("time/fps", 0.0), ret=ret_text)
+        elif self.cfg.progress_bar:
+            tenth = int(10 * step / max(self.total, 1))
+            if tenth != self._last_print:
+                self._last_print = tenth
+                self.console.print(f"step {step:>9d}/{self.total}  {stats.get('time/fps', 0.0):7.0f} steps/s  "
+                                   f"return {ret_text}", highlight=False)
+
+    def text(self, tag: str, body: str) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, body, 0)
+
+    def hparams(self, hparams: dict[str, float | str | bool], metrics: tuple[str, ...]) -> None:
+        """Hyperparameters into the same event file (the HPARAMS tab), as Stable-Baselines3 does."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hp
+
+        exp, ssi, sei = hp(hparams, {m: 0.0 for m in metrics})
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()

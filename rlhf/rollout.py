@@ -1,0 +1,185 @@
+"""Rollout storage and collection from a gymnasium VectorEnv.
+
+Vector envs in gymnasium 1.x reset a finished sub-env on the *next* ``step`` call (NEXT_STEP
+autoreset): the step that ends an episode returns its final observation, and the following step
+ignores the action and returns the reset observation with reward 0. We store that following step
+with ``valid = False`` and leave it out of the update. Its stored value is V(final observation),
+which is exactly the bootstrap GAE needs for a truncated episode, so no extra forward pass is spent.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rlhf.policies import RunningMeanStd
+from rlhf.ppo.advantages import gae
+from rlhf.ppo.update import Batch
+
+STATS_WINDOW = 100  # episodes behind rollout/ep_rew_mean, as in Stable-Baselines3
+
+
+class Rollout:
+    """Preallocated (T, N, ...) tensors for one rollout; grows by doubling in episode mode."""
+
+    KEYS = ("obs", "actions", "logp", "values", "rewards", "terminations", "dones", "valid")
+
+    def __init__(self, num_envs: int, obs_shape: tuple, obs_dtype: torch.dtype, action_shape: tuple,
+                 action_dtype: torch.dtype, capacity: int) -> None:
+        self.num_envs, self.t = num_envs, 0
+        shapes = {"obs": (obs_shape, obs_dtype), "actions": (action_shape, action_dtype)}
+        self.data: dict[str, Tensor] = {}
+        for key in self.KEYS:
+            shape, dtype = shapes.get(key, ((), torch.bool if key in ("terminations", "dones", "valid") else torch.float32))
+            self.data[key] = torch.zeros((capacity, num_envs, *shape), dtype=dtype)
+
+    def __getattr__(self, key: str) -> Tensor:
+        data = self.__dict__.get("data")
+        if data is not None and key in data:
+            return data[key][: self.t]
+        raise AttributeError(key)
+
+    @property
+    def capacity(self) -> int:
+        return self.data["obs"].shape[0]
+
+    def reset(self) -> None:
+        self.t = 0
+
+    def add(self, **step: Tensor) -> None:
+        if self.t == self.capacity:
+            self.data = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in self.data.items()}
+        for key, value in step.items():
+            self.data[key][self.t] = value
+        self.t += 1
+
+    def batch(self, last_value: Tensor, gamma: float, lam: float) -> Batch:
+        """GAE over the rollout, then flatten the valid steps into a training batch."""
+        next_values = torch.cat([self.values[1:], last_value.unsqueeze(0)])
+        advantages, returns = gae(self.rewards, self.values, next_values, self.terminations, self.dones, gamma, lam)
+        keep = self.valid.reshape(-1)
+        flat = lambda x: x.reshape(-1, *x.shape[2:])[keep]  # noqa: E731
+        return Batch(flat(self.obs), flat(self.actions), flat(self.logp), flat(self.values),
+                     flat(advantages), flat(returns))
+
+
+class RewardScaler:
+    """Divide rewards by the running std of the discounted return (Stable-Baselines3's VecNormalize)."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0) -> None:
+        self.rms = RunningMeanStd(())
+        self.ret = np.zeros(num_envs)
+        self.gamma, self.clip = gamma, clip
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        self.ret = self.ret * self.gamma + rewards
+        self.rms.update(torch.as_tensor(self.ret))
+        self.ret[dones] = 0.0
+        return np.clip(rewards / np.sqrt(float(self.rms.var) + 1e-8), -self.clip, self.clip)
+
+    def state_dict(self) -> dict:
+        return {"rms": self.rms.state_dict(), "ret": torch.as_tensor(self.ret)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rms.load_state_dict(state["rms"])
+        self.ret = state["ret"].numpy().copy()
+
+
+@dataclass
+class EpisodeStats:
+    """Returns, lengths and final infos of the most recent finished episodes."""
+
+    returns: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    lengths: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    infos: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    total: int = 0
+
+
+class Collector:
+    """Steps a VectorEnv with an actor network and fills a ``Rollout``; keeps what spans rollouts."""
+
+    def __init__(self, envs, device: torch.device, reward_scaler: RewardScaler | None = None) -> None:
+        self.envs, self.device, self.reward_scaler = envs, device, reward_scaler
+        n = envs.num_envs
+        self.obs: np.ndarray | None = None
+        self.prev_done = np.zeros(n, dtype=bool)
+        self.ep_return = np.zeros(n)
+        self.ep_length = np.zeros(n, dtype=np.int64)
+        self.stats = EpisodeStats()
+
+    def reset(self, seed: int | None) -> None:
+        self.obs, _ = self.envs.reset(seed=seed)
+        self.prev_done[:] = False
+        self.ep_return[:] = 0.0
+        self.ep_length[:] = 0
+
+    @torch.inference_mode()
+    def collect(self, actor, rollout: Rollout, n_steps: int | None = None, episodes: int | None = None,
+                on_step=None) -> Tensor:
+        """Fill ``rollout`` for ``n_steps`` vector steps, or until ``episodes`` episodes finished.
+
+        Returns V(s) of the observation after the last step, for GAE's bootstrap.
+        """
+        rollout.reset()
+        finished = 0
+        while (rollout.t < n_steps) if n_steps is not None else (finished < episodes):
+            obs_t = torch.as_tensor(self.obs, device=self.device)
+            actions, logp, values = actor.act(obs_t)
+            next_obs, rewards, terminated, truncated, infos = self.envs.step(actor.env_actions(actions))
+            valid = ~self.prev_done
+            done = terminated | truncated
+            self.ep_return += np.where(valid, rewards, 0.0)
+            self.ep_length += valid
+            if done.any():
+                finished += int(done.sum())
+                self._record(done, infos)
+            train_rewards = self.reward_scaler(rewards, done) if self.reward_scaler else rewards
+            rollout.add(obs=obs_t.cpu(), actions=actions.cpu(), logp=logp.cpu(), values=values.cpu(),
+                        rewards=torch.as_tensor(train_rewards, dtype=torch.float32),
+                        terminations=torch.as_tensor(terminated), dones=torch.as_tensor(done),
+                        valid=torch.as_tensor(valid))
+            if on_step is not None:
+                on_step(self.obs, actions, rewards, done, infos)
+            self.obs, self.prev_done = next_obs, done
+        return actor.value(torch.as_tensor(self.obs, device=self.device)).cpu()
+
+    def _record(self, done: np.ndarray, infos: dict) -> None:
+        for i in np.flatnonzero(done):
+            self.stats.returns.append(float(self.ep_return[i]))
+            self.stats.lengths.append(int(self.ep_length[i]))
+            self.stats.infos.append({k: _item(v[i]) for k, v in infos.items()
+                                     if not k.startswith("_") and isinstance(v, np.ndarray)
+                                     and infos.get("_" + k, done)[i]})
+            self.stats.total += 1
+        self.ep_return[done] = 0.0
+        self.ep_length[done] = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "obs": torch.as_tensor(np.asarray(self.obs)).clone(),
+            "prev_done": torch.as_tensor(self.prev_done).clone(),
+            "ep_return": torch.as_tensor(self.ep_return).clone(),
+            "ep_length": torch.as_tensor(self.ep_length).clone(),
+            "returns": list(self.stats.returns), "lengths": list(self.stats.lengths),
+            "infos": list(self.stats.infos), "total": self.stats.total,
+            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.obs = state["obs"].numpy().copy()
+        self.prev_done = state["prev_done"].numpy().copy()
+        self.ep_return = state["ep_return"].numpy().copy()
+        self.ep_length = state["ep_length"].numpy().copy()
+        self.stats.returns.extend(state["returns"])
+        self.stats.lengths.extend(state["lengths"])
+        self.stats.infos.extend(state["infos"])
+        self.stats.total = state["total"]
+        if self.reward_scaler and state.get("reward_scaler"):
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+
+
+def _item(x):
+    return x.item() if hasattr(x, "item") else x

@@ -1,0 +1,55 @@
+"""Build a gymnasium VectorEnv from the ``env`` config section, with user-facing errors."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.vector import AutoresetMode
+
+from rlhf.config import EnvConfig
+from rlhf.errors import ConfigError
+
+
+def _ensure_registered(env_id: str) -> gym.envs.registration.EnvSpec:
+    """Find the spec, importing the project's own ``envs`` package (which registers its ids) if needed."""
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        importlib.import_module(module)
+    if env_id not in gym.registry:
+        try:
+            importlib.import_module("envs")
+        except ImportError:
+            pass
+    if env_id not in gym.registry:
+        import difflib
+
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"env.id = {env_id!r}: not a registered gymnasium environment{hint}")
+    return gym.registry[env_id]
+
+
+def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, extra_kwargs: dict[str, Any] | None = None):
+    """``gymnasium.make_vec`` with our vectorisation names; ``auto`` picks the env's native batch if any."""
+    spec = _ensure_registered(cfg.id)
+    mode = cfg.vectorization
+    if mode == "auto":
+        mode = "native" if spec.vector_entry_point is not None else "sync"
+    if mode == "native" and spec.vector_entry_point is None:
+        raise ConfigError(f"env.vectorization = 'native': {cfg.id!r} has no batched implementation "
+                          "(allowed: sync, async)")
+    kwargs = {**cfg.kwargs, **(extra_kwargs or {})}
+    gym_mode = "vector_entry_point" if mode == "native" else mode
+    try:
+        envs = gym.make_vec(spec.id, num_envs=num_envs or cfg.num_envs, vectorization_mode=gym_mode, **kwargs)
+    except ConfigError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"env.kwargs = {kwargs!r}: {cfg.id!r} rejected them ({exc})") from None
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"env {cfg.id!r} with kwargs {kwargs!r}: {exc}") from None
+    mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    if mode != AutoresetMode.NEXT_STEP:
+        raise ConfigError(f"env {cfg.id!r} uses autoreset mode {mode}; rollouts expect NEXT_STEP (gymnasium's default)")
+    return envs
