@@ -1,8 +1,8 @@
 """Save and restore a vector env's exact state, so a resumed run continues the same episodes.
 
 An env that knows its own state exposes ``get_state()`` / ``set_state()`` (DeepRacer-v0 does). For
-gymnasium's ``SyncVectorEnv`` of plain Python envs (classic control) we snapshot every simple
-attribute of every wrapper layer and the RNGs. Values are stored as tensors and plain Python
+gymnasium's ``SyncVectorEnv`` of plain Python envs, and its numpy-batched classic-control envs, we
+snapshot every simple attribute (of every wrapper layer) and the RNGs. Values are stored as tensors and plain Python
 objects so the checkpoint still loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -73,6 +73,8 @@ def get_env_state(envs) -> dict | None:
     if isinstance(base, SyncVectorEnv):
         return {"kind": "sync", "vector": _snapshot(base),
                 "envs": [[_snapshot(layer) for layer in _layers(e)] for e in base.envs]}
+    if type(base).__module__.startswith("gymnasium.envs.classic_control"):
+        return {"kind": "attributes", "vector": _snapshot(base)}  # numpy-batched classic control
     return None
 
 
@@ -82,7 +84,7 @@ def set_env_state(envs, state: dict) -> None:
         base.set_state(_decode_tree(state["state"]))
         return
     _restore(base, state["vector"])
-    for env, layer_states in zip(base.envs, state["envs"]):
+    for env, layer_states in zip(getattr(base, "envs", []), state.get("envs", [])):
         for layer, layer_state in zip(_layers(env), layer_states):
             _restore(layer, layer_state)
 

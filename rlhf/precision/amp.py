@@ -59,9 +59,10 @@ def float32_region() -> contextlib.AbstractContextManager:
 class Precision:
     """How the learner computes: one object the PPO update asks for autocast and optimizer steps."""
 
-    def __init__(self, train: str = "fp32", device: torch.device | str = "cpu") -> None:
-        if train not in TRAIN_MODES:
-            raise ValueError(f"precision.train = {train!r}: allowed values are {', '.join(TRAIN_MODES)}")
+    def __init__(self, train: str = "fp32", device: torch.device | str = "cpu",
+                 model: nn.Module | None = None) -> None:
+        """``model``, when given, is checked with ``check_train_mode`` (e.g. fp16 convs on CPU)."""
+        check_train_mode(train, model, device)
         self.mode = train
         self.device = torch.device(device)
         self.dtype = _AUTOCAST_DTYPE.get(train)

@@ -7,6 +7,12 @@ shape - which is how rollout actors follow the learner without rebuilding module
 Only nn.Linear is quantized: convolutions and embeddings keep their float weights, and the
 projections owned by nn.MultiheadAttention stay float because that module reads their
 ``.weight`` directly inside its fused kernel.
+
+No bitsandbytes or torchao backend: these layers are plain PyTorch and run on any device. The
+int8 path simulates integer arithmetic with float32 matmuls of integer codes (exact, see
+``quant.int8_matmul``) and NF4 dequantizes to the compute dtype, so on CPU they save memory,
+not time; a fused-kernel backend could replace the forward of these classes without changing
+their buffers.
 """
 from __future__ import annotations
 
