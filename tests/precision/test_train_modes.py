@@ -92,3 +92,5 @@ def test_check_train_mode():
             check_train_mode(bad, policy())
     with pytest.raises(ValueError, match="allowed values"):
         Precision("half")
+    with pytest.raises(ValueError, match="convolution"):
+        Precision("fp16-mixed", "cpu", model=convnet)
