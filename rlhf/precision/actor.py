@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlhf.precision.amp import float32_region
 from rlhf.precision.layers import (DEFAULT_OUTLIER_THRESHOLD, QUANT_SCHEMES, _QuantLinear, check_scheme,
                                    quantize_model, replace_linears)
 
@@ -56,7 +57,8 @@ class BF16Linear(_QuantLinear):
         return self.weight_bf16.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16), self.weight_bf16, self.bias).to(x.dtype)
+        with float32_region():                # bf16 by construction, whatever autocast is active
+            return F.linear(x.to(torch.bfloat16), self.weight_bf16, self.bias).to(x.dtype)
 
 
 def make_actor(policy: nn.Module, mode: str, *, threshold: float = DEFAULT_OUTLIER_THRESHOLD) -> nn.Module:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlhf.precision.amp import float32_region
 from rlhf.precision.nf4 import (ABSMAX_BLOCK_SIZE, NF4_BLOCK_SIZE, double_dequantize, double_quantize,
                                 nf4_dequantize, nf4_quantize)
 from rlhf.precision.quant import absmax_quantize, dequantize, int8_matmul
@@ -92,9 +93,10 @@ class Int8Linear(_QuantLinear):
         return dequantize(self.weight_q, self.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = int8_matmul(x, self.weight_q, self.weight_scale, self.threshold)
-        if self.bias is not None:
-            out = out + self.bias
+        with float32_region():                # an autocast matmul would round the int32-exact sums
+            out = int8_matmul(x, self.weight_q, self.weight_scale, self.threshold)
+            if self.bias is not None:
+                out = out + self.bias
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -145,8 +147,7 @@ def quantizable_linears(model: nn.Module) -> list[str]:
     skip = {f"{name}.{child}" if name else child
             for name, module in model.named_modules() if isinstance(module, nn.MultiheadAttention)
             for child, _ in module.named_children()}
-    return [name for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name not in skip and name]
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in skip]
 
 
 def quantize_linear(linear: nn.Linear, scheme: str, *, threshold: float = DEFAULT_OUTLIER_THRESHOLD,
@@ -159,11 +160,16 @@ def quantize_linear(linear: nn.Linear, scheme: str, *, threshold: float = DEFAUL
 
 
 def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module], what: str) -> nn.Module:
-    """Swap every quantizable nn.Linear of ``model`` (in place) for ``make(linear)``."""
+    """Swap every quantizable nn.Linear of ``model`` (in place) for ``make(linear)``.
+
+    A bare nn.Linear is itself replaced, so use the return value.
+    """
     names = quantizable_linears(model)
     if not names:
         raise ValueError(f"{what}: the model has no nn.Linear layer to quantize "
                          f"(only nn.Linear is quantized; convolutions and embeddings stay float)")
+    if names == [""]:
+        return make(model)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -174,3 +174,22 @@ def test_weight_view_is_dequantized():
     q = quantize_model(model, "int8")
     assert q[0].weight.shape == model[0].weight.shape
     assert (q[0].weight - model[0].weight).abs().max() <= q[0].weight_scale.max() / 2 + 1e-7
+
+
+@pytest.mark.parametrize("scheme", QUANT_SCHEMES)
+def test_bare_linear_is_replaced(scheme):
+    lin = nn.Linear(64, 8)
+    q = quantize_model(lin, scheme)
+    assert isinstance(q, NF4Linear if scheme == "nf4" else Int8Linear) and isinstance(lin, nn.Linear)
+    x = torch.randn(2, 64)
+    assert rel_err(q(x), lin(x)) < (0.02 if scheme != "nf4" else 0.2)
+
+
+def test_int8_layer_ignores_outer_autocast():
+    from rlhf.precision import Precision
+
+    q = quantize_model(mlp(width=64), "int8")
+    x = torch.randn(8, 64)
+    with Precision("bf16-mixed").autocast():
+        inside = q(x)
+    assert inside.dtype == torch.float32 and torch.equal(inside, q(x))
