@@ -1,0 +1,175 @@
+"""The native batched DeepRacer environment: N cars stepped together in numpy.
+
+``gymnasium.make_vec("DeepRacer-v0", num_envs=N, vectorization_mode="vector_entry_point", **kwargs)``
+returns this class. It follows gymnasium 1.x NEXT_STEP autoreset: after a car's episode ends, the next
+``step`` ignores that car's action and returns its first observation of a new episode with reward 0 and
+terminated = truncated = False.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .actions import DEFAULT_SPEED_RANGE, DEFAULT_STEERING_RANGE, action_spec_from_kwargs
+from .builtin_tracks import DEFAULT_TRACK
+from .car import DT, STEPS_PER_SECOND
+from .observations import make_observer
+from .rewards import RewardSpec, call_reward, load_reward_function
+from .sim import LAP_COMPLETE, STATUS_ARRAY, RaceSim
+from .simtrace import SimTraceWriter
+from .track import TrackLike
+
+DEFAULT_MAX_EPISODE_STEPS = 2000
+
+
+class DeepRacerCore:
+    """Everything both envs share: simulator, action mapping, sensor, reward and simtrace logging."""
+
+    def __init__(self, num_cars: int, track: TrackLike = DEFAULT_TRACK, action_space_type: str = "discrete",
+                 actions: Sequence[dict] | None = None, model_metadata: str | Path | None = None,
+                 steering_range: Sequence[float] = DEFAULT_STEERING_RANGE,
+                 speed_range: Sequence[float] = DEFAULT_SPEED_RANGE, observation: str = "features",
+                 lidar_rays: int = 19, lidar_range: float = 2.0, lidar_fov: float = 180.0,
+                 reward_function: RewardSpec | None = None, max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
+                 training: bool = True, simtrace_path: str | Path | None = None, seed: int | None = None):
+        self.actions = action_spec_from_kwargs(action_space_type, actions, steering_range, speed_range,
+                                               model_metadata)
+        self.sim = RaceSim(num_cars, track, training=training, max_episode_steps=max_episode_steps, seed=seed)
+        self.observation_kind = observation
+        self.observer = make_observer(observation, self.actions.max_speed, lidar_rays, lidar_range, lidar_fov)
+        self.reward_fn = load_reward_function(reward_function)
+        self.vectorized_reward = getattr(self.reward_fn, "vectorized", None)
+        self.simtrace = SimTraceWriter(simtrace_path) if simtrace_path is not None else None
+
+    def observe(self) -> np.ndarray:
+        return self.observer(self.sim)
+
+    def rewards(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """Rewards of all cars; with ``idx`` only those cars are scored (others get 0)."""
+        sim = self.sim
+        if self.vectorized_reward is not None:
+            r = np.asarray(self.vectorized_reward(sim.batch_params()), dtype=np.float64)
+            if idx is not None:
+                keep = np.zeros(sim.n, dtype=bool)
+                keep[idx] = True
+                r = np.where(keep, r, 0.0)
+            return r
+        r = np.zeros(sim.n)
+        for i in (range(sim.n) if idx is None else idx):
+            r[i] = call_reward(self.reward_fn, sim.params(int(i)))
+        return r
+
+    def log(self, actions: np.ndarray, rewards: np.ndarray, idx: np.ndarray) -> None:
+        if self.simtrace is None or idx.size == 0:
+            return
+        sim = self.sim
+        acts = np.asarray(actions)
+        self.simtrace.write(
+            episode=sim.episode_id[idx], steps=sim.steps[idx], x=sim.x[idx], y=sim.y[idx],
+            yaw=np.degrees(sim.yaw[idx]), steer=sim.steer[idx], throttle=sim.speed_cmd[idx],
+            action=[self.actions.describe(acts[i]) for i in idx], reward=rewards[idx],
+            done=(sim.terminated | sim.truncated)[idx], all_wheels_on_track=sim.all_wheels_on_track[idx],
+            progress=sim.progress[idx], closest_waypoint=sim.closest_waypoint()[idx],
+            track_len=sim.stack.length[sim.tid[idx]], tstamp=time.time(),
+            episode_status=STATUS_ARRAY[sim.status[idx]])
+
+    def close(self) -> None:
+        if self.simtrace is not None:
+            self.simtrace.close()
+
+
+class DeepRacerVectorEnv(VectorEnv):
+    """N DeepRacer cars in one process, stepped in numpy (see :class:`envs.deepracer.DeepRacerEnv` for
+    the keyword arguments; ``num_envs`` is the number of cars).
+
+    ``info`` holds arrays with gymnasium ``_key`` masks: ``progress`` (percent), ``episode_status``
+    (DeepRacer's words), ``lap_time`` (seconds, only where a lap was completed this step).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": STEPS_PER_SECOND,
+                "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, render_mode: str | None = None, **kwargs: Any):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode={render_mode!r}: allowed None or 'rgb_array'")
+        self.core = DeepRacerCore(num_envs, **kwargs)
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.metadata = dict(self.metadata)
+        self.metadata["autoreset_mode"] = AutoresetMode.NEXT_STEP
+        self.single_action_space = self.core.actions.space()
+        self.single_observation_space = self.core.observer.space
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+        self._all = np.arange(num_envs)
+
+    @property
+    def sim(self) -> RaceSim:
+        return self.core.sim
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """Reset all cars (or those in ``options['reset_mask']``); a seed restarts the generator and
+        the round-robin start positions, so a seeded reset is reproducible."""
+        if seed is not None:
+            self.sim.reseed(seed)
+            self.action_space.seed(seed)
+        mask = None if options is None else options.get("reset_mask")
+        idx = self._all if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
+        self.sim.reset_cars(idx)
+        self._autoreset[idx] = False
+        return self.core.observe(), self._info(np.zeros(self.num_envs, dtype=bool))
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        core, sim = self.core, self.sim
+        steer, speed = core.actions.to_controls(actions)
+        sim.step(steer, speed)
+        reset_idx = np.flatnonzero(self._autoreset)
+        if reset_idx.size:
+            active = np.flatnonzero(~self._autoreset)
+            rewards = core.rewards(active)
+            core.log(actions, rewards, active)
+            sim.reset_cars(reset_idx)
+        else:
+            rewards = core.rewards()
+            core.log(actions, rewards, self._all)
+        terminated, truncated = sim.terminated, sim.truncated
+        self._autoreset = terminated | truncated
+        return core.observe(), rewards, terminated, truncated, self._info(self._autoreset)
+
+    def _info(self, done: np.ndarray) -> dict:
+        sim = self.sim
+        lap = sim.status == LAP_COMPLETE
+        ones = np.ones(self.num_envs, dtype=bool)
+        return {"progress": sim.progress.copy(), "_progress": ones,
+                "episode_status": STATUS_ARRAY[sim.status], "_episode_status": ones,
+                "lap_time": np.where(lap, sim.steps * DT, 0.0), "_lap_time": lap}
+
+    def render(self) -> np.ndarray | None:
+        """Top-down RGB frame: all cars sharing car 0's track."""
+        if self.render_mode != "rgb_array":
+            return None
+        from .render import render_frame
+
+        sim = self.sim
+        same = sim.tid == sim.tid[0]
+        return render_frame(sim.track_of(0), sim.x[same], sim.y[same], sim.yaw[same])
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to resume bit-exactly: car states, RNG state, start counter, autoreset flags."""
+        state = self.sim.get_state()
+        state["autoreset"] = self._autoreset.copy()
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.sim.set_state(state)
+        self._autoreset = np.array(state["autoreset"], dtype=bool, copy=True)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.core.close()
