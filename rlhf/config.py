@@ -23,10 +23,10 @@ class Section(BaseModel):
 
 
 def _positive_schedule(value: Any) -> float | str:
-    initial, _ = parse_schedule(value)
+    initial, linear = parse_schedule(value)
     if initial <= 0:
         raise ValueError(f"must be > 0 (a number or 'lin_<number>'), got {value!r}")
-    return value
+    return value if linear else initial  # YAML reads 1e-3 as a string: store the number
 
 
 class EnvConfig(Section):
@@ -98,7 +98,7 @@ class PPOConfig(Section):
             return data
         out: dict[str, Any] = {}
         for key, value in data.items():
-            name = CONSOLE_ALIASES.get(key) or SB3_ALIASES.get(key) or key
+            name = _canonical(key)
             if name in out:
                 raise ValueError(f"ppo.{key} sets {name!r}, which is already set")
             if key in CONSOLE_ALIASES:
@@ -193,8 +193,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw = read_yaml(path) if path is not None else dict(data or {})
     for item in overrides or []:
         key, value = parse_override(item)
+        if key.startswith("ppo.") and isinstance(raw.get("ppo"), dict):
+            _drop_synonyms(raw["ppo"], key[4:])
         set_dotted(raw, key, value)
     return validate(raw)
+
+
+def _canonical(name: str) -> str:
+    return CONSOLE_ALIASES.get(name) or SB3_ALIASES.get(name) or name
+
+
+def _drop_synonyms(section: dict, name: str) -> None:
+    """An override replaces the file's value even when one of them uses an alias (lr vs learning_rate)."""
+    for key in [k for k in section if k != name and _canonical(k) == _canonical(name)]:
+        del section[key]
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -1,0 +1,64 @@
+"""Config loading: aliases, DeepRacer console ranges, overrides and the messages users see."""
+import pytest
+
+from rlhf.config import load_config
+from rlhf.errors import ConfigError
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(data={"env": {"id": "CartPole-v1"}}, overrides=["ppo.learning_rate=1e-3", "seed=3"])
+    assert cfg.ppo.learning_rate == 1e-3 and cfg.seed == 3 and cfg.env.id == "CartPole-v1"
+
+
+def test_deepracer_and_sb3_aliases():
+    cfg = load_config(data={"ppo": {"num_epochs": 5, "lr": 3e-4, "beta_entropy": 0.01, "batch_size": 64,
+                                    "loss_type": "mean squared error", "num_episodes_between_training": 20}})
+    assert (cfg.ppo.epochs, cfg.ppo.learning_rate, cfg.ppo.entropy_coef) == (5, 3e-4, 0.01)
+    assert cfg.ppo.loss_type == "mse" and cfg.ppo.episodes_between_updates == 20 and cfg.ppo.console_ranges
+    sb3 = load_config(data={"ppo": {"n_epochs": 4, "gamma": 0.9, "ent_coef": 0.1, "clip_range_vf": 0.2}})
+    assert (sb3.ppo.epochs, sb3.ppo.discount_factor, sb3.ppo.entropy_coef, sb3.ppo.clip_value) == (4, 0.9, 0.1, 0.2)
+    assert not sb3.ppo.console_ranges
+    assert load_config(data={"ppo": {"loss_type": "Huber"}}).ppo.loss_type == "huber"
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["ppo.discount_factor=1.5"], ["ppo.discount_factor", "1.5", "less than or equal to 1"]),
+    (["ppo.loss_type=l1"], ["ppo.loss_type", "'l1'", "'mse' or 'huber'"]),
+    (["ppo.batch_size=0"], ["ppo.batch_size", "0", "greater than or equal to 2"]),
+    (["ppo.lerning_rate=0.1"], ["ppo.lerning_rate", "unknown key", "did you mean 'learning_rate'"]),
+    (["ppo.num_epochs=5", "ppo.batch_size=48"], ["ppo.batch_size = 48", "32, 64, 128, 256, 512"]),
+    (["ppo.lr=0.01"], ["ppo.learning_rate = 0.01", "1e-08 to 0.001"]),
+    (["ppo.learning_rate=fast"], ["ppo.learning_rate", "'fast'", "lin_<number>"]),
+])
+def test_errors_name_key_value_and_allowed(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(data={}, overrides=overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_alias_and_name_together():
+    with pytest.raises(ConfigError, match="sets 'epochs', which is already set"):
+        load_config(data={"ppo": {"n_epochs": 2, "epochs": 3}})
+    # an override replaces the file's value whichever name either uses
+    assert load_config(data={"ppo": {"epochs": 3}}, overrides=["ppo.num_epochs=5"]).ppo.epochs == 5
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo:\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML.*line"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(data={}, overrides=["seed"])
+
+
+def test_schedules():
+    from rlhf.schedules import schedule_value
+
+    assert schedule_value("lin_0.001", 0.5) == pytest.approx(0.0005)
+    assert schedule_value(0.2, 0.1) == 0.2

@@ -1,0 +1,78 @@
+"""Actor-critic networks, distributions and the rlhf.testing helpers on them."""
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rlhf.config import PolicyConfig, PPOConfig
+from rlhf.policies import ActorCritic, RunningMeanStd, categorical_logp_entropy, gaussian_logp_entropy
+from rlhf.testing import (
+    assert_finite_update,
+    assert_moves_toward_positive_advantage,
+    assert_ratio_starts_at_one,
+    assert_update_changes_parameters,
+    synthetic_batch,
+)
+
+BOX = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+IMAGE = gym.spaces.Box(0, 255, (1, 48, 64), np.uint8)
+SPACES = {
+    "discrete": (BOX, gym.spaces.Discrete(3), PolicyConfig()),
+    "continuous": (BOX, gym.spaces.Box(-2.0, 2.0, (2,), np.float32), PolicyConfig(shared=True, normalize_obs=True)),
+    "cnn": (IMAGE, gym.spaces.Discrete(5), PolicyConfig(cnn_features=64)),
+}
+
+
+@pytest.fixture(params=list(SPACES))
+def policy(request):
+    torch.manual_seed(0)
+    obs, act, cfg = SPACES[request.param]
+    return ActorCritic(obs, act, cfg)
+
+
+def test_update_contract(policy):
+    batch = synthetic_batch(policy, n=64, seed=0)
+    assert_ratio_starts_at_one(policy, batch)
+    assert_finite_update(policy, synthetic_batch(policy, n=64, seed=1))
+    assert_update_changes_parameters(policy, synthetic_batch(policy, n=64, seed=2))
+
+
+def test_moves_toward_positive_advantage(policy):
+    assert_moves_toward_positive_advantage(policy, n=128, seed=0)
+
+
+def test_distributions_match_torch():
+    logits = torch.randn(5, 3)
+    actions = torch.tensor([0, 1, 2, 1, 0])
+    ref = torch.distributions.Categorical(logits=logits)
+    logp, ent = categorical_logp_entropy(logits, actions)
+    assert torch.allclose(logp, ref.log_prob(actions)) and torch.allclose(ent, ref.entropy())
+    mean, log_std, a = torch.randn(5, 2), torch.tensor([0.1, -0.3]), torch.randn(5, 2)
+    ref = torch.distributions.Normal(mean, log_std.exp())
+    logp, ent = gaussian_logp_entropy(mean, log_std, a)
+    assert torch.allclose(logp, ref.log_prob(a).sum(-1), atol=1e-6)
+    assert torch.allclose(ent, ref.entropy().sum(-1), atol=1e-6)
+
+
+def test_box_actions_clipped_for_env_only():
+    torch.manual_seed(0)
+    p = ActorCritic(BOX, gym.spaces.Box(-0.1, 0.1, (2,), np.float32), PolicyConfig(log_std_init=1.0))
+    actions, _, _ = p.act(torch.zeros(100, 4))
+    assert actions.abs().max() > 0.1  # stored sample is unclipped
+    assert np.abs(p.env_actions(actions)).max() <= 0.1 + 1e-7
+
+
+def test_running_mean_std_matches_numpy():
+    rms = RunningMeanStd((3,))
+    data = np.random.default_rng(0).normal(2.0, 3.0, size=(1000, 3))
+    for chunk in np.split(data, 10):
+        rms.update(torch.as_tensor(chunk))
+    assert np.allclose(rms.mean.numpy(), data.mean(0), atol=1e-3)
+    assert np.allclose(rms.var.numpy(), data.var(0), rtol=1e-3)
+
+
+def test_kl_penalty_policy_loss_runs():
+    torch.manual_seed(0)
+    p = ActorCritic(BOX, gym.spaces.Discrete(3))
+    stats = assert_finite_update(p, synthetic_batch(p, n=64), PPOConfig(policy_loss="kl_penalty", epochs=2))
+    assert stats["train/n_updates"] == 2
