@@ -78,8 +78,13 @@ class Track:
         rel = self.inner - self.center
         inner_left = np.mean(wp_dir[:, 0] * rel[:, 1] - wp_dir[:, 1] * rel[:, 0]) > 0
         self.left, self.right = (self.inner, self.outer) if inner_left else (self.outer, self.inner)
-        self.hw_left = np.linalg.norm(self.left - self.center, axis=1)
-        self.hw_right = np.linalg.norm(self.right - self.center, axis=1)
+        # half widths measured across the driving direction (some tracks' border points are skewed)
+        incoming = np.vstack([self.seg_dir[-1:], self.seg_dir])
+        normal_dir = incoming + wp_dir
+        normal_dir /= np.maximum(np.linalg.norm(normal_dir, axis=1, keepdims=True), 1e-12)
+        lat = lambda p: np.abs(normal_dir[:, 0] * (p - self.center)[:, 1] - normal_dir[:, 1] * (p - self.center)[:, 0])  # noqa: E731
+        self.hw_left = np.maximum(lat(self.left), 0.05)
+        self.hw_right = np.maximum(lat(self.right), 0.05)
         s = np.arange(FINE_SAMPLES) * (self.length / FINE_SAMPLES)
         self.fine = np.stack([np.interp(s, self.cum, self.center[:, 0]),
                               np.interp(s, self.cum, self.center[:, 1])], axis=1)

@@ -71,7 +71,7 @@ class DeepRacerCore:
         sim = self.sim
         acts = np.asarray(actions)
         self.simtrace.write(
-            episode=sim.episode_id[idx], steps=sim.steps[idx], x=sim.x[idx], y=sim.y[idx],
+            episode=sim.episode_id[idx], steps=sim.steps[idx], X=sim.x[idx], Y=sim.y[idx],
             yaw=np.degrees(sim.yaw[idx]), steer=sim.steer[idx], throttle=sim.speed_cmd[idx],
             action=[self.actions.describe(acts[i]) for i in idx], reward=rewards[idx],
             done=(sim.terminated | sim.truncated)[idx], all_wheels_on_track=sim.all_wheels_on_track[idx],
