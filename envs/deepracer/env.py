@@ -34,6 +34,9 @@ class DeepRacerEnv(gym.Env):
             name ("progress_speed" (default), "follow_center_line", "stay_inside_borders",
             "prevent_zigzag").
         max_episode_steps: truncate (episode_status "time_up") after this many steps (15 per second).
+            Note: ``gym.make`` keeps its own ``max_episode_steps`` argument for gymnasium's TimeLimit
+            wrapper (truncated=True, status stays "in_progress"); ``make_vec`` and direct construction
+            pass it here.
         training: True = each episode starts 5 % of a lap further round (DeepRacer training);
             False = evaluation, every episode starts on the start line.
         simtrace_path: write a DeepRacer simtrace CSV of every step there.

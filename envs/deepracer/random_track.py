@@ -8,6 +8,8 @@ taken from one seeded generator so the same seed always gives the same track.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .track import Track
@@ -63,23 +65,26 @@ def track_from_centerline(center: np.ndarray, width: float, name: str) -> Track:
     return Track(np.vstack([arr, arr[:1]]), name=name)
 
 
+@lru_cache(maxsize=16)
+def _segment_pairs(n: int, skip: int) -> tuple[np.ndarray, np.ndarray]:
+    i, j = np.triu_indices(n, k=skip)
+    keep = (j - i) < n - skip + 1  # the first and last segments are neighbours too
+    return i[keep], j[keep]
+
+
 def segments_intersect(poly: np.ndarray, skip: int = 2) -> bool:
     """True if the closed polyline (open list of points) crosses itself (non-adjacent segments)."""
     a = poly
-    b = np.roll(poly, -1, axis=0)
-    n = len(a)
-    i, j = np.triu_indices(n, k=skip)
-    keep = (j - i) < n - skip + 1
-    i, j = i[keep], j[keep]
-
-    def orient(p, q, r):
-        return np.sign((q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0]))
-
-    o1 = orient(a[i], b[i], a[j])
-    o2 = orient(a[i], b[i], b[j])
-    o3 = orient(a[j], b[j], a[i])
-    o4 = orient(a[j], b[j], b[i])
-    return bool(np.any((o1 * o2 < 0) & (o3 * o4 < 0)))
+    e = np.roll(poly, -1, axis=0) - poly
+    i, j = _segment_pairs(len(poly), skip)
+    ai, aj, ei, ej = a[i], a[j], e[i], e[j]
+    d = aj - ai
+    cross = lambda u, v: u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]  # noqa: E731
+    den = cross(ei, ej)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = cross(d, ej) / den
+        u = cross(d, ei) / den
+    return bool(np.any((den != 0) & (t > 0) & (t < 1) & (u > 0) & (u < 1)))
 
 
 def is_valid_track(track: Track, min_radius: float) -> bool:

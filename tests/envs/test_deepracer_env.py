@@ -39,6 +39,14 @@ def test_gym_make_registers_env():
     assert obs.shape == (9,) and info["episode_status"] == "in_progress"
 
 
+def test_gym_make_max_episode_steps_truncates():
+    env = gym.make("DeepRacer-v0", max_episode_steps=5)  # gymnasium's TimeLimit takes this argument
+    env.reset(seed=0)
+    for _ in range(5):
+        *_, term, trunc, info = env.step(5)
+    assert trunc and not term
+
+
 def test_sb3_ppo_runs_a_few_hundred_steps():
     import torch
     from stable_baselines3 import PPO

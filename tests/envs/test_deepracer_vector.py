@@ -145,3 +145,34 @@ def test_simtrace_and_replay(tmp_path):
     other = replay(path, lambda p: 2.0, "oval")
     assert all(e["new_total"] == 2.0 * e["steps"] for e in other)
     assert len(trajectories(rows)) == len(totals)
+
+
+def test_partial_reset_with_reset_mask():
+    env = make(3, track="oval")
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(np.array([5, 5, 5]))
+    env.reset(options={"reset_mask": np.array([False, True, False])})
+    assert list(env.unwrapped.sim.steps) == [5, 0, 5]
+
+
+def test_random_track_changes_every_episode():
+    env = make(2, track="random", max_episode_steps=2)
+    env.reset(seed=0)
+    before = env.unwrapped.sim.track_of(0).waypoints_array.copy()
+    for _ in range(3):
+        env.step(np.array([5, 5]))
+    after = env.unwrapped.sim.track_of(0).waypoints_array
+    assert not np.array_equal(before, after)
+    again = make(2, track="random")
+    again.reset(seed=0)
+    np.testing.assert_array_equal(again.unwrapped.sim.track_of(0).waypoints_array, before)
+
+
+def test_envs_package_never_imports_rlhf():
+    import re
+    from pathlib import Path
+
+    root = Path(envs.__file__).parent
+    for path in root.rglob("*.py"):
+        assert not re.search(r"^\s*(import|from)\s+rlhf\b", path.read_text(), re.M), path
