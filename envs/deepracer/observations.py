@@ -108,7 +108,8 @@ class CameraObserver:
     """A front camera: 160x120 grayscale, channel-first (1, 120, 160) uint8.
 
     Each pixel below the horizon looks up the ground point it sees (pinhole camera 12 cm high, pitched
-    down 20 degrees, 120 degree horizontal field of view) in the track raster.
+    down 20 degrees, 120 degree horizontal field of view) in the track raster. About 2,800 steps/s
+    for one car and 4,700 for 64 (one core): a per-car gather of 12k pixels.
     """
 
     SHADES = np.zeros(256, dtype=np.uint8)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
