@@ -90,6 +90,7 @@ class Track:
                               np.interp(s, self.cum, self.center[:, 1])], axis=1)
         self.min_seg_len = float(max(np.min(self.seg_len[self.seg_len > 1e-9]), 1e-3))
         self._waypoint_list: list | None = None
+        self._stack: TrackStack | None = None
 
     # ------------------------------------------------------------------ convenience
     @property
@@ -104,7 +105,10 @@ class Track:
                 f"width={self.width:.2f} m, direction={self.direction})")
 
     def stack(self) -> "TrackStack":
-        return TrackStack.from_tracks([self])
+        """This track as a one-track stack (cached: the scalar queries below run on it)."""
+        if self._stack is None:
+            self._stack = TrackStack.from_tracks([self])
+        return self._stack
 
     # ------------------------------------------------------------------ scalar queries
     def project(self, x: float, y: float) -> dict:
@@ -149,6 +153,10 @@ class Track:
         tid = np.zeros(1, dtype=np.int64)
         p = st.project(tid, np.array([x], float), np.array([y], float))
         return st.wheels_on_track(tid, p, np.array([np.radians(heading_deg)]), wheel_offsets())[0]
+
+    def reversed(self) -> "Track":
+        """The same loop driven the other way round (DeepRacer's clockwise / counter-clockwise pairs)."""
+        return Track(self.waypoints_array[::-1].copy(), name=f"{self.name}_reversed")
 
     def heading_at(self, s: float) -> float:
         """Direction of travel (degrees) of the centre line at arc position ``s``."""

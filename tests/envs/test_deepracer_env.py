@@ -14,10 +14,10 @@ from envs.deepracer import DeepRacerEnv, load_model_metadata, plot_trajectories,
 from envs.deepracer.car import DT
 
 MODES = [dict(), dict(action_space_type="continuous"), dict(observation="lidar"),
-         dict(observation="lidar", track="random", action_space_type="continuous")]
+         dict(observation="lidar", track="random", action_space_type="continuous"), dict(observation="camera")]
 
 
-@pytest.mark.parametrize("kwargs", MODES, ids=["features", "continuous", "lidar", "random-lidar"])
+@pytest.mark.parametrize("kwargs", MODES, ids=["features", "continuous", "lidar", "random-lidar", "camera"])
 def test_gymnasium_and_sb3_env_checkers(kwargs):
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 

@@ -99,3 +99,12 @@ def test_self_intersection_detector():
     square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)
     bowtie = np.array([[0, 0], [1, 1], [1, 0], [0, 1]], float)
     assert not segments_intersect(square) and segments_intersect(bowtie)
+
+
+def test_reversed_track_runs_the_other_way():
+    t = builtin_track("circuit")
+    r = t.reversed()
+    assert r.direction == "clockwise" and r.length == pytest.approx(t.length)
+    assert r.width == pytest.approx(t.width)
+    x, y = t.center[5]
+    assert t.distance_from_center(x, y) == pytest.approx(r.distance_from_center(x, y), abs=1e-9)
