@@ -46,7 +46,7 @@ def run_episodes(policy, cfg: Config, episodes: int, deterministic: bool = True,
                  on_step=None) -> dict:
     """Play ``episodes`` full episodes in one env with ``eval_kwargs`` applied; summarise them."""
     envs = make_vec_env(cfg.env, num_envs=1, extra_kwargs=cfg.env.eval_kwargs)
-    device = next(policy.parameters()).device
+    device = next(iter([*policy.parameters(), *policy.buffers()]), torch.empty(0)).device
     obs, _ = envs.reset(seed=cfg.seed + 10_000 if seed is None else seed)
     returns, lengths, infos = [], [], []
     ep_ret, ep_len = 0.0, 0

@@ -21,15 +21,18 @@ import torch
 from torch import nn
 
 from rlhf.config import PPOConfig
+from rlhf.optim import make_optimizer
 from rlhf.ppo.update import Batch, ppo_update
 from rlhf.precision import Precision
 
 
-def synthetic_batch(policy: nn.Module, n: int = 64, seed: int = 0, advantages: torch.Tensor | None = None) -> Batch:
+def synthetic_batch(policy: nn.Module, n: int = 64, seed: int = 0, advantages: torch.Tensor | None = None,
+                    precision: Precision | None = None) -> Batch:
     """A batch of ``n`` observations sampled from the policy's observation space, acted on by the policy.
 
     Advantages and returns are seeded standard normals unless ``advantages`` is given; stored log-probs
-    and values are the policy's own, so the first PPO ratio must be exactly 1.
+    and values are the policy's own (computed in ``precision``'s autocast, as the trainer collects), so
+    the first PPO ratio must be exactly 1.
     """
     space = policy.obs_space
     space.seed(seed)
@@ -40,7 +43,8 @@ def synthetic_batch(policy: nn.Module, n: int = 64, seed: int = 0, advantages: t
     torch.manual_seed(seed)
     was_training = policy.training
     policy.eval()
-    actions, logp, values = policy.act(obs)
+    with (precision or Precision("fp32")).autocast():
+        actions, logp, values = policy.act(obs)
     policy.train(was_training)
     adv = torch.randn(n, generator=g) if advantages is None else advantages.float()
     returns = values + torch.randn(n, generator=g)
@@ -51,7 +55,7 @@ def run_update(policy: nn.Module, batch: Batch, cfg: PPOConfig | None = None, lr
                precision: Precision | None = None, clip_range: float | None = None) -> dict[str, float]:
     """One full PPO update (all epochs and minibatches) with a fresh Adam optimizer."""
     cfg = cfg or PPOConfig(batch_size=min(64, len(batch)), epochs=4)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=lr, eps=1e-5)
+    optimizer = make_optimizer(policy, lr)
     clip = clip_range if clip_range is not None else float(cfg.clip_range) if not isinstance(cfg.clip_range, str) else 0.2
     return ppo_update(policy, optimizer, batch, cfg, precision or Precision("fp32"), clip, cfg.kl_coef)
 

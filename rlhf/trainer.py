@@ -1,6 +1,7 @@
 """The gym training loop: collect -> GAE -> PPO update -> log -> checkpoint, resumable bit for bit."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from rlhf.config import Config, save_config
 from rlhf.env_state import get_env_state, set_env_state
 from rlhf.errors import ConfigError
 from rlhf.logger import Logger
+from rlhf.optim import make_optimizer
 from rlhf.policies import ActorCritic
 from rlhf.ppo.update import adapt_kl_coef, ppo_update
 from rlhf.precision import Precision
@@ -77,9 +79,11 @@ class Trainer:
         self.envs = make_vec_env(cfg.env)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         self.policy = build_policy(cfg, obs_space, act_space, self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=schedule_value(cfg.ppo.learning_rate, 1.0),
-                                          eps=1e-5)
-        self.precision = Precision(cfg.precision.train, self.device)
+        self.optimizer = make_optimizer(self.policy, schedule_value(cfg.ppo.learning_rate, 1.0))
+        try:
+            self.precision = Precision(cfg.precision.train, self.device, model=self.policy)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.actor = self._make_actor()
         scaler = RewardScaler(self.envs.num_envs, cfg.ppo.discount_factor) if cfg.ppo.normalize_reward else None
         self.collector = Collector(self.envs, self.device, scaler)
@@ -149,7 +153,10 @@ class Trainer:
 
         self.policy.eval()
         n_steps = ppo.rollout_steps if ppo.episodes_between_updates is None else None
-        last_value = self.collector.collect(self.actor, self.rollout, n_steps, ppo.episodes_between_updates)
+        # the learner collects in its own training precision, so stored log-probs match the update's
+        mode = self.precision.autocast() if self.actor is self.policy else contextlib.nullcontext()
+        with mode:
+            last_value = self.collector.collect(self.actor, self.rollout, n_steps, ppo.episodes_between_updates)
         self.global_step += self.rollout.t * self.envs.num_envs
         extra: dict[str, float] = {}
         if self.actor is not self.policy:

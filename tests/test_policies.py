@@ -76,3 +76,16 @@ def test_kl_penalty_policy_loss_runs():
     p = ActorCritic(BOX, gym.spaces.Discrete(3))
     stats = assert_finite_update(p, synthetic_batch(p, n=64), PPOConfig(policy_loss="kl_penalty", epochs=2))
     assert stats["train/n_updates"] == 2
+
+
+@pytest.mark.parametrize("mode", ["fp32", "bf16-mixed", "fp16-mixed"])
+def test_ratio_is_one_in_every_training_mode(mode):
+    from rlhf.precision import Precision
+
+    torch.manual_seed(0)
+    precision = Precision(mode, "cpu")
+    for obs, act, cfg in (SPACES["discrete"], SPACES["continuous"]):
+        p = ActorCritic(obs, act, cfg)
+        batch = synthetic_batch(p, n=64, seed=3, precision=precision)
+        assert_ratio_starts_at_one(p, batch, precision)
+        assert_finite_update(p, synthetic_batch(p, n=64, seed=4, precision=precision), precision=precision)
