@@ -43,14 +43,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rlhf.evaluate import load_policy, run_episodes
 
-    cfg, policy = load_policy(args.target, args.overrides)
-    result = run_episodes(policy, cfg, args.episodes, deterministic=args.deterministic)
+    from rlhf.integrations import for_env
+    from rlhf.vec_env import fill_run_dir
+
+    cfg, policy, run_dir = load_policy(args.target, args.overrides)
+    result = run_episodes(policy, cfg, args.episodes, deterministic=args.deterministic, run_dir=run_dir,
+                          video=args.video)
     result.pop("episode_infos")
+    hooks = for_env(cfg.env.id)
+    files = [Path(args.video)] if args.video else []
+    if hooks is not None:
+        files += hooks.after_eval(fill_run_dir({**cfg.env.kwargs, **cfg.env.eval_kwargs}, run_dir), run_dir)
     if args.json:
         print(json.dumps(result))
     else:
+        extra = "".join(f", {k} {v:.3g}" for k, v in result.items()
+                        if k not in ("mean_return", "std_return", "mean_length", "episodes", "returns")
+                        and isinstance(v, float))
         print(f"{result['episodes']} episodes: return {result['mean_return']:.2f} +- {result['std_return']:.2f}, "
-              f"length {result['mean_length']:.1f}")
+              f"length {result['mean_length']:.1f}{extra}")
+    for f in files:
+        print(f"wrote {f}", file=sys.stderr)
     return 0
 
 
@@ -70,6 +83,29 @@ def cmd_model_size(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deepracer_replay(args: argparse.Namespace) -> int:
+    from rlhf.integrations import deepracer
+
+    rows = deepracer.replay(args.target, args.reward, args.track)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'episode':>8} {'steps':>6} {'logged reward':>14} {'new reward':>12}")
+    for row in rows:
+        print(f"{row['episode']:>8} {row['steps']:>6} {row['original_total']:>14.2f} {row['new_total']:>12.2f}")
+    return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix, raised by envs we integrate with (e.g. a bad reward function)."""
+    try:
+        from rlhf.integrations import deepracer
+
+        return deepracer.user_errors()
+    except ImportError:
+        return ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description="PPO from config files: DeepRacer-like cars, gym tasks, toy RLHF.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,12 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--deterministic", action="store_true", help="take the most likely action")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--video", metavar="OUT.gif", help="record the first evaluation episode")
     ev.set_defaults(func=cmd_eval)
 
     ms = sub.add_parser("model-size", help="parameter count and bytes per precision")
     ms.add_argument("target", metavar="CONFIG_OR_RUN_DIR")
     ms.add_argument("overrides", nargs="*")
     ms.set_defaults(func=cmd_model_size)
+
+    dr = sub.add_parser("deepracer", help="DeepRacer tools").add_subparsers(dest="tool", required=True)
+    rp = dr.add_parser("replay", help="re-score logged simtrace steps with another reward function")
+    rp.add_argument("target", metavar="RUN_DIR_OR_CSV")
+    rp.add_argument("--reward", required=True, metavar="NEW.py", help="a file defining reward_function(params)")
+    rp.add_argument("--track", help="track the laps were driven on (default: the run's)")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=cmd_deepracer_replay)
     return parser
 
 
@@ -110,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rlhf: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            print(f"rlhf: {exc}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("rlhf: interrupted", file=sys.stderr)
         return 130

@@ -196,7 +196,73 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if key.startswith("ppo.") and isinstance(raw.get("ppo"), dict):
             _drop_synonyms(raw["ppo"], key[4:])
         set_dotted(raw, key, value)
-    return validate(raw)
+    return validate(apply_deepracer_files(raw))
+
+
+# ----------------------------------------------------------------------------- DeepRacer's own files
+
+DEEPRACER_FILE_KEYS = ("hyperparameters", "model_metadata", "reward_function")
+# hyperparameters.json keys that PPO here has no use for (exploration is the policy's own sampling).
+DEEPRACER_IGNORED = ("e_greedy_value", "epsilon_steps", "exploration_type", "stack_size", "term_cond_avg_score",
+                     "term_cond_max_episodes", "sac_alpha")
+DEEPRACER_PPO_KEYS = ("batch_size", "beta_entropy", "discount_factor", "loss_type", "lr",
+                      "num_episodes_between_training", "num_epochs")
+
+
+def apply_deepracer_files(raw: dict) -> dict:
+    """Fold a ``deepracer: {hyperparameters, model_metadata, reward_function}`` section into the config.
+
+    hyperparameters.json's console words go into ``ppo`` (and so are held to the console's ranges);
+    the model_metadata action space and the reward function file become env kwargs. Keys given
+    explicitly in ``ppo`` or ``env.kwargs`` win over the files.
+    """
+    files = raw.pop("deepracer", None)
+    if files is None:
+        return raw
+    if not isinstance(files, dict):
+        raise ConfigError(f"deepracer = {files!r}: expected a mapping with keys {', '.join(DEEPRACER_FILE_KEYS)}")
+    for key in files:
+        if key not in DEEPRACER_FILE_KEYS:
+            close = difflib.get_close_matches(key, DEEPRACER_FILE_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"deepracer.{key}: unknown key{hint} (allowed: {', '.join(DEEPRACER_FILE_KEYS)})")
+    env = raw.setdefault("env", {})
+    kwargs = env.setdefault("kwargs", {})
+    for key in ("model_metadata", "reward_function"):
+        if files.get(key) is not None:
+            path = Path(files[key])
+            if not path.is_file():
+                raise ConfigError(f"deepracer.{key} = {str(path)!r}: file not found")
+            kwargs[key] = str(path)
+    if files.get("hyperparameters") is not None:
+        ppo = raw.setdefault("ppo", {})
+        explicit = {_canonical(k) for k in ppo}
+        for key, value in _read_hyperparameters(files["hyperparameters"]).items():
+            if _canonical(key) not in explicit:
+                ppo[key] = value
+    return raw
+
+
+def _read_hyperparameters(path: str | Path) -> dict:
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"deepracer.hyperparameters = {str(path)!r}: file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"deepracer.hyperparameters = {str(path)!r}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"deepracer.hyperparameters = {str(path)!r}: expected a JSON object")
+    out = {}
+    for key, value in data.items():
+        if key in DEEPRACER_PPO_KEYS:
+            out[key] = value
+        elif key not in DEEPRACER_IGNORED:
+            allowed = ", ".join(DEEPRACER_PPO_KEYS + DEEPRACER_IGNORED)
+            raise ConfigError(f"deepracer.hyperparameters: unknown key {key!r} in {str(path)!r} (allowed: {allowed})")
+    return out
 
 
 def _canonical(name: str) -> str:

@@ -9,6 +9,7 @@ import torch
 from rlhf.checkpoint import latest_checkpoint, load_checkpoint
 from rlhf.config import Config, load_config
 from rlhf.errors import ConfigError
+from rlhf.integrations import for_env
 from rlhf.trainer import build_policy, resolve_device
 from rlhf.vec_env import make_vec_env
 
@@ -33,32 +34,38 @@ def load_policy(target: str | Path, overrides: list[str] | None = None):
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
-    envs = make_vec_env(cfg.env, num_envs=1, extra_kwargs=cfg.env.eval_kwargs)
+    envs = make_vec_env(cfg.env, num_envs=1, extra_kwargs=cfg.env.eval_kwargs)  # spaces only
     policy = build_policy(cfg, envs.single_observation_space, envs.single_action_space, device)
     envs.close()
     policy.load_state_dict(load_checkpoint(ckpt)["policy"])
     policy.eval()
-    return cfg, policy
+    return cfg, policy, run_dir
 
 
 @torch.inference_mode()
 def run_episodes(policy, cfg: Config, episodes: int, deterministic: bool = True, seed: int | None = None,
-                 on_step=None) -> dict:
-    """Play ``episodes`` full episodes in one env with ``eval_kwargs`` applied; summarise them."""
-    envs = make_vec_env(cfg.env, num_envs=1, extra_kwargs=cfg.env.eval_kwargs)
+                 run_dir: str | Path | None = None, video: str | Path | None = None) -> dict:
+    """Play ``episodes`` full episodes in one env with ``eval_kwargs`` applied; summarise them.
+
+    With ``video``, the first episode is rendered (``render_mode="rgb_array"``) and saved as a GIF.
+    """
+    extra = dict(cfg.env.eval_kwargs)
+    if video is not None:
+        extra["render_mode"] = "rgb_array"
+    envs = make_vec_env(cfg.env, num_envs=1, extra_kwargs=extra, run_dir=run_dir)
     device = next(iter([*policy.parameters(), *policy.buffers()]), torch.empty(0)).device
     obs, _ = envs.reset(seed=cfg.seed + 10_000 if seed is None else seed)
-    returns, lengths, infos = [], [], []
+    returns, lengths, infos, frames = [], [], [], []
     ep_ret, ep_len = 0.0, 0
     try:
         while len(returns) < episodes:
+            if video is not None and not returns:
+                frames.append(_frame(envs.render()))
             actions, _, _ = policy.act(torch.as_tensor(obs, device=device), deterministic=deterministic)
             env_actions = policy.env_actions(actions)
             next_obs, reward, terminated, truncated, info = envs.step(env_actions)
             ep_ret += float(reward[0])
             ep_len += 1
-            if on_step is not None:
-                on_step(obs, env_actions, reward, terminated | truncated, info, envs)
             if terminated[0] or truncated[0]:
                 returns.append(ep_ret)
                 lengths.append(ep_len)
@@ -70,11 +77,36 @@ def run_episodes(policy, cfg: Config, episodes: int, deterministic: bool = True,
             obs = next_obs
     finally:
         envs.close()
-    return {
+    if video is not None:
+        save_gif(frames, video, fps=envs.metadata.get("render_fps", 30))
+    result = {
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
         "mean_length": float(np.mean(lengths)),
         "episodes": len(returns),
-        "returns": returns,
-        "episode_infos": infos,
     }
+    hooks = for_env(cfg.env.id)
+    if hooks is not None:
+        result.update(hooks.eval_summary(infos))
+    result["returns"] = returns
+    result["episode_infos"] = infos
+    return result
+
+
+def _frame(rendered) -> np.ndarray:
+    """Vector envs render one frame per sub-env (tuple) or one frame for the batch."""
+    if isinstance(rendered, (tuple, list)):
+        rendered = rendered[0]
+    return np.asarray(rendered)
+
+
+def save_gif(frames: list[np.ndarray], path: str | Path, fps: float = 30) -> Path:
+    from PIL import Image
+
+    if not frames or frames[0] is None or frames[0].ndim != 3:
+        raise ConfigError("--video: this env renders no RGB frames (it needs render_mode='rgb_array')")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(f.astype(np.uint8)) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return path

@@ -13,6 +13,7 @@ from rlhf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlhf.config import Config, save_config
 from rlhf.env_state import get_env_state, set_env_state
 from rlhf.errors import ConfigError
+from rlhf.integrations import for_env
 from rlhf.logger import Logger
 from rlhf.optim import make_optimizer
 from rlhf.policies import ActorCritic
@@ -76,7 +77,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.device = resolve_device(cfg.device)
-        self.envs = make_vec_env(cfg.env)
+        self.envs = make_vec_env(cfg.env, run_dir=self.run_dir)
+        self.hooks = for_env(cfg.env.id)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         self.policy = build_policy(cfg, obs_space, act_space, self.device)
         self.optimizer = make_optimizer(self.policy, schedule_value(cfg.ppo.learning_rate, 1.0))
@@ -185,6 +187,8 @@ class Trainer:
         stats["time/iterations"] = float(self.updates)
         stats["time/collect_seconds"] = t_collect
         stats["time/update_seconds"] = time.perf_counter() - t0 - t_collect
+        if self.hooks is not None:
+            stats.update(self.hooks.episode_metrics(list(ep.infos)))
         if self.policy.continuous:
             stats["train/std"] = float(self.policy.log_std.exp().mean())
         self.last_stats = stats

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -30,7 +31,15 @@ def _ensure_registered(env_id: str) -> gym.envs.registration.EnvSpec:
     return gym.registry[env_id]
 
 
-def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, extra_kwargs: dict[str, Any] | None = None):
+def fill_run_dir(kwargs: dict[str, Any], run_dir: str | Path | None) -> dict[str, Any]:
+    """Replace ``{run_dir}`` in string kwargs, so configs can point env outputs (logs) into the run."""
+    if run_dir is None:
+        return kwargs
+    return {k: v.replace("{run_dir}", str(run_dir)) if isinstance(v, str) else v for k, v in kwargs.items()}
+
+
+def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, extra_kwargs: dict[str, Any] | None = None,
+                 run_dir: str | Path | None = None):
     """``gymnasium.make_vec`` with our vectorisation names; ``auto`` picks the env's native batch if any."""
     spec = _ensure_registered(cfg.id)
     mode = cfg.vectorization
@@ -39,7 +48,9 @@ def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, extra_kwargs: dict
     if mode == "native" and spec.vector_entry_point is None:
         raise ConfigError(f"env.vectorization = 'native': {cfg.id!r} has no batched implementation "
                           "(allowed: sync, async)")
-    kwargs = {**cfg.kwargs, **(extra_kwargs or {})}
+    kwargs = fill_run_dir({**cfg.kwargs, **(extra_kwargs or {})}, run_dir)
+    if run_dir is None:
+        kwargs = {k: v for k, v in kwargs.items() if not (isinstance(v, str) and "{run_dir}" in v)}
     gym_mode = "vector_entry_point" if mode == "native" else mode
     try:
         envs = gym.make_vec(spec.id, num_envs=num_envs or cfg.num_envs, vectorization_mode=gym_mode, **kwargs)

@@ -62,3 +62,26 @@ def test_schedules():
 
     assert schedule_value("lin_0.001", 0.5) == pytest.approx(0.0005)
     assert schedule_value(0.2, 0.1) == 0.2
+
+
+def test_deepracer_hyperparameters_file(tmp_path):
+    from conftest import ROOT
+
+    hp = ROOT / "tests" / "data" / "hyperparameters.json"
+    cfg = load_config(data={"deepracer": {"hyperparameters": str(hp)}})
+    p = cfg.ppo
+    assert (p.batch_size, p.entropy_coef, p.discount_factor, p.loss_type) == (64, 0.01, 0.999, "huber")
+    assert (p.learning_rate, p.episodes_between_updates, p.epochs, p.console_ranges) == (3e-4, 20, 10, True)
+    bad = tmp_path / "hp.json"
+    bad.write_text('{"batch_size": 48, "lr": 0.0003}')
+    with pytest.raises(ConfigError, match="batch_size = 48"):
+        load_config(data={"deepracer": {"hyperparameters": str(bad)}})
+    bad.write_text('{"batch_sise": 64}')
+    with pytest.raises(ConfigError, match="unknown key 'batch_sise'"):
+        load_config(data={"deepracer": {"hyperparameters": str(bad)}})
+    with pytest.raises(ConfigError, match="deepracer.reward_function .* not found"):
+        load_config(data={"deepracer": {"reward_function": str(tmp_path / "nope.py")}})
+    reward = tmp_path / "reward.py"
+    reward.write_text("def reward_function(params):\n    return 1.0\n")
+    cfg = load_config(data={"deepracer": {"reward_function": str(reward)}})
+    assert cfg.env.kwargs["reward_function"] == str(reward)
