@@ -39,7 +39,18 @@ def load_policy(target: str | Path, overrides: list[str] | None = None):
     envs.close()
     policy.load_state_dict(load_checkpoint(ckpt)["policy"])
     policy.eval()
-    return cfg, policy, run_dir
+    return cfg, deployed(policy, cfg), run_dir
+
+
+def deployed(policy, cfg: Config):
+    """The network that acts: the rollout copy (e.g. int8) if training used one, int8 after QAT."""
+    from rlhf.precision import make_actor, quantize_model
+
+    if cfg.precision.rollout != "fp32":
+        return make_actor(policy, cfg.precision.rollout)
+    if cfg.precision.qat:
+        return quantize_model(policy, cfg.precision.qat)
+    return policy
 
 
 @torch.inference_mode()

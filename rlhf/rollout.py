@@ -51,7 +51,8 @@ class Rollout:
 
     def add(self, **step: Tensor) -> None:
         if self.t == self.capacity:
-            self.data = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in self.data.items()}
+            with torch.inference_mode(False):  # normal tensors: the trainer edits them after collection
+                self.data = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in self.data.items()}
         for key, value in step.items():
             self.data[key][self.t] = value
         self.t += 1
