@@ -47,13 +47,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlhf.vec_env import fill_run_dir
 
     cfg, policy, run_dir = load_policy(args.target, args.overrides)
+    hooks = for_env(cfg.env.id)
+    env_kwargs = fill_run_dir({**cfg.env.kwargs, **cfg.env.eval_kwargs}, run_dir)
+    if hooks is not None:
+        hooks.before_eval(env_kwargs)
     result = run_episodes(policy, cfg, args.episodes, deterministic=args.deterministic, run_dir=run_dir,
                           video=args.video)
     result.pop("episode_infos")
-    hooks = for_env(cfg.env.id)
     files = [Path(args.video)] if args.video else []
     if hooks is not None:
-        files += hooks.after_eval(fill_run_dir({**cfg.env.kwargs, **cfg.env.eval_kwargs}, run_dir), run_dir)
+        files += hooks.after_eval(env_kwargs, run_dir)
     if args.json:
         print(json.dumps(result))
     else:

@@ -60,8 +60,12 @@ def test_missing_and_malformed_files_exit_cleanly(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
-    args = [CARTPOLE, "seed=1", "total_timesteps=24576", "checkpoint.every=4096", "logging.progress_bar=false"]
+@pytest.mark.parametrize("config, steps, every", [
+    (CARTPOLE, 24576, 4096),
+    (str(ROOT / "configs" / "deepracer.yaml"), 60000, 10000),
+], ids=["cartpole", "deepracer"])
+def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path, config, steps, every):
+    args = [config, "seed=1", f"total_timesteps={steps}", f"checkpoint.every={every}", "logging.progress_bar=false"]
     full = tmp_path / "full"
     assert run("train", *args, "--run-dir", str(full)).returncode == 0
 
@@ -83,4 +87,4 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
         assert resumed.returncode == 0, resumed.stderr
     last = [scalars(d, "train/value_loss")[-1] for d in (*copies, full)]
     assert last[0] == last[1] == last[2], last
-    assert last[0][0] >= 24576
+    assert last[0][0] >= steps

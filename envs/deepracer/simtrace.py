@@ -18,7 +18,8 @@ COLUMNS = ("episode", "steps", "X", "Y", "yaw", "steer", "throttle", "action", "
 
 
 class SimTraceWriter:
-    """Appends DeepRacer simtrace rows (one per car per step) to a CSV file with a header.
+    """Appends DeepRacer simtrace rows (one per car per step) to a CSV file with a header; an existing
+    file (a resumed run) is continued, not overwritten.
 
     ``yaw`` and ``steer`` are degrees, ``throttle`` the commanded speed (m/s), ``action`` the discrete
     index or ``[steer;speed]`` for continuous actions, ``tstamp`` wall-clock seconds.
@@ -27,9 +28,11 @@ class SimTraceWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", newline="")
+        resume = self.path.is_file() and self.path.stat().st_size > 0  # a resumed run appends
+        self._file = self.path.open("a" if resume else "w", newline="")
         self._writer = csv.writer(self._file)
-        self._writer.writerow(COLUMNS)
+        if not resume:
+            self._writer.writerow(COLUMNS)
 
     def write(self, **columns: Any) -> None:
         """Write one row per car; each keyword is a column given as an array (or a scalar for all)."""

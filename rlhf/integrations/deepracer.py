@@ -42,6 +42,13 @@ def eval_summary(infos: list[dict]) -> dict[str, float | None]:
     }
 
 
+def before_eval(env_kwargs: dict) -> None:
+    """Each evaluation writes a fresh simtrace (training simtraces are appended to on resume)."""
+    csv = env_kwargs.get("simtrace_path")
+    if csv:
+        Path(csv).unlink(missing_ok=True)
+
+
 def after_eval(env_kwargs: dict, run_dir: Path) -> list[Path]:
     """Draw the evaluation laps over the track, coloured by speed, next to the evaluation simtrace."""
     from envs.deepracer import plot_trajectories, read_simtrace, trajectories
