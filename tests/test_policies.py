@@ -89,3 +89,77 @@ def test_ratio_is_one_in_every_training_mode(mode):
         batch = synthetic_batch(p, n=64, seed=3, precision=precision)
         assert_ratio_starts_at_one(p, batch, precision)
         assert_finite_update(p, synthetic_batch(p, n=64, seed=4, precision=precision), precision=precision)
+
+
+# ----------------------------------------------------------------------------- fused tanh MLP path
+
+FUSED_CASES = {
+    "separate": (BOX, gym.spaces.Discrete(3), PolicyConfig()),
+    "shared": (BOX, gym.spaces.Box(-2.0, 2.0, (2,), np.float32), PolicyConfig(shared=True)),
+    "no_hidden": (BOX, gym.spaces.Discrete(2), PolicyConfig(hidden_sizes=[])),
+    "deep": (gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32), gym.spaces.Discrete(2), PolicyConfig(hidden_sizes=[16, 8, 4])),
+}
+
+
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+@pytest.mark.parametrize("batch", [8, 256])  # below and above the size where tanh switches formula
+def test_fused_forward_and_gradients_match_layer_by_layer(case, batch):
+    obs_space, act_space, cfg = FUSED_CASES[case]
+    torch.manual_seed(0)
+    policy = ActorCritic(obs_space, act_space, cfg)
+    obs = torch.randn(batch, *obs_space.shape)
+    results = []
+    for fused in (True, False):
+        policy.fused = fused
+        policy.zero_grad(set_to_none=True)
+        out, value = policy(obs)
+        (out.pow(2).sum() + (value * torch.linspace(-1, 1, batch)).sum()).backward()
+        results.append((out.detach(), value.detach(), {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}))
+    (out_f, v_f, g_f), (out_m, v_m, g_m) = results
+    assert torch.allclose(out_f, out_m, atol=1e-6) and torch.allclose(v_f, v_m, atol=1e-6)
+    assert g_f.keys() == g_m.keys()
+    for name in g_m:
+        assert torch.allclose(g_f[name], g_m[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_fused_mlp_gradcheck_float64():
+    from rlhf.policies import _TanhMLP
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 3, dtype=torch.float64, generator=g).requires_grad_()  # 300 x 5 > tanh switch size
+    params = [torch.randn(s, dtype=torch.float64, generator=g).requires_grad_() for s in [(5, 3), (5,), (2, 5), (2,)]]
+    for tanh_last in (False, True):
+        assert torch.autograd.gradcheck(lambda x, *p: _TanhMLP.apply(x, tanh_last, *p), (x, *params))
+
+
+def test_fused_path_is_skipped_where_it_does_not_apply():
+    """Quantized / QAT / bf16 copies and autocast run layer by layer, and still match the fp32 policy."""
+    from rlhf.precision import make_actor, prepare_qat, refresh_actor
+
+    torch.manual_seed(0)
+    policy = ActorCritic(BOX, gym.spaces.Discrete(3), PolicyConfig())
+    obs = torch.randn(64, 4)
+    ref_out, ref_v = policy(obs)
+    for actor in (make_actor(policy, "bf16"), make_actor(policy, "int8"), prepare_qat(policy, "int8")):
+        assert actor._fused_forward(obs) is None
+        out, v = actor(obs)
+        assert torch.allclose(out, ref_out, atol=0.05) and torch.allclose(v, ref_v, atol=0.05)
+        actions, logp, values = actor.act(obs)
+        assert actions.shape == (64,) and torch.isfinite(logp).all()
+    actor = make_actor(policy, "int8")
+    with torch.no_grad():
+        policy.pi_head.bias += 1.0
+    refresh_actor(actor, policy)
+    assert torch.allclose(actor(obs)[0], policy(obs)[0], atol=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert policy._fused_forward(obs) is None
+        out, _ = policy(obs)
+    assert out.dtype == torch.float32
+
+
+def test_qat_policy_trains_through_make_optimizer():
+    from rlhf.precision import prepare_qat
+
+    torch.manual_seed(0)
+    policy = prepare_qat(ActorCritic(BOX, gym.spaces.Discrete(3), PolicyConfig()), "int8")
+    assert_update_changes_parameters(policy, synthetic_batch(policy, n=64, seed=0))

@@ -49,51 +49,81 @@ def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
 
 def ppo_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, b: Batch, cfg: PPOConfig,
                precision: Precision, clip_range: float, kl_coef: float = 0.0) -> dict[str, float]:
-    """Run ``cfg.epochs`` passes of shuffled minibatches over ``b``; return SB3-named statistics."""
+    """Run ``cfg.epochs`` passes of shuffled minibatches over ``b``; return SB3-named statistics.
+
+    Two shortcuts leave the algorithm unchanged. When one minibatch holds the whole batch, it is used as
+    is (shuffling it would only reorder the sums) and its advantages are normalised once. In fp32 with an
+    optimizer that offers ``clip_and_step`` (``rlhf.optim.FlatAdam``), clip + Adam run as one op each on
+    flat buffers instead of through ``precision.step``.
+    """
     params = [p for p in policy.parameters() if p.requires_grad]
     n = len(b)
     mb_size = min(cfg.batch_size, n)
-    pg_losses, v_losses, ent_losses, kls, clipfracs, grad_norms = [], [], [], [], [], []
+    whole = mb_size == n
+    fast_step = getattr(optimizer, "clip_and_step", None) if precision.mode == "fp32" else None
+    # approx_kl / clip_fraction are statistics, computed in one go after the loop unless target_kl needs them now
+    kl_each_step = cfg.target_kl is not None or not whole
+    b_adv = whiten(b.advantages) if whole and cfg.normalize_advantage and n > 1 else b.advantages
+    pg_losses, v_losses, ent_losses, kls, clipfracs, grad_norms, new_logps = [], [], [], [], [], [], []
     n_updates, stop = 0, False
     for _epoch in range(cfg.epochs):
-        b_inds = torch.randperm(n)
-        for start in range(0, n, mb_size):
-            mb_inds = b_inds[start:start + mb_size]
-            if len(mb_inds) < 2 and n >= 2:
-                continue  # a 1-sample tail cannot be normalised; SB3 would also skip it
-            mb = b.index(mb_inds)
+        if whole:
+            minibatches = [(b, b_adv)]
+        else:
+            b_inds = torch.randperm(n)
+            minibatches = []
+            for start in range(0, n, mb_size):
+                mb_inds = b_inds[start:start + mb_size]
+                if len(mb_inds) < 2 and n >= 2:
+                    continue  # a 1-sample tail cannot be normalised; SB3 would also skip it
+                mb = b.index(mb_inds)
+                minibatches.append((mb, whiten(mb.advantages) if cfg.normalize_advantage and len(mb) > 1 else mb.advantages))
+        for mb, mb_adv in minibatches:
             with precision.autocast():
                 out, new_values = policy(mb.obs)
             new_logp, entropy = policy.logp_entropy(out, mb.actions)
             new_values = new_values.float()
 
-            mb_adv = whiten(mb.advantages) if cfg.normalize_advantage and len(mb_inds) > 1 else mb.advantages
             if cfg.policy_loss == "clip":
                 pg_loss = clipped_surrogate_loss(new_logp, mb.logp, mb_adv, clip_range)
             else:
                 pg_loss = kl_penalty_surrogate_loss(new_logp, mb.logp, mb_adv, kl_coef)
             v_loss = value_loss(new_values, mb.returns, mb.values, cfg.clip_value, cfg.loss_type, cfg.huber_delta)
             ent_loss = entropy_loss(entropy)
-            loss = pg_loss + cfg.entropy_coef * ent_loss + cfg.vf_coef * v_loss
+            loss = pg_loss + cfg.vf_coef * v_loss
+            if cfg.entropy_coef:  # a zero coefficient would only add zeros to the gradients
+                loss = loss + cfg.entropy_coef * ent_loss
 
-            kl = approx_kl(new_logp.detach(), mb.logp)
-            if cfg.target_kl is not None and float(kl) > 1.5 * cfg.target_kl:
-                stop = True  # SB3's rule: stop before stepping on a minibatch that already moved too far
-                kls.append(kl)
-                break
-            step = precision.step(loss, optimizer, params, cfg.max_grad_norm)
+            if kl_each_step:
+                kl = approx_kl(new_logp.detach(), mb.logp)
+                if cfg.target_kl is not None and float(kl) > 1.5 * cfg.target_kl:
+                    stop = True  # SB3's rule: stop before stepping on a minibatch that already moved too far
+                    kls.append(kl)
+                    break
+            if fast_step is not None:
+                optimizer.zero_grad()
+                loss.backward()
+                grad_norms.append(fast_step(cfg.max_grad_norm))
+            else:
+                grad_norms.append(precision.step(loss, optimizer, params, cfg.max_grad_norm)["grad_norm"])
             n_updates += 1
             pg_losses.append(pg_loss.detach())
             v_losses.append(v_loss.detach())
             ent_losses.append(ent_loss.detach())
-            kls.append(kl)
-            clipfracs.append(clip_fraction(new_logp.detach(), mb.logp, clip_range))
-            grad_norms.append(step["grad_norm"])
+            if kl_each_step:
+                kls.append(kl)
+                clipfracs.append(clip_fraction(new_logp.detach(), mb.logp, clip_range))
+            else:
+                new_logps.append(new_logp.detach())
         if stop:
             break
+    if new_logps:  # whole-batch steps: every step saw the same old log-probs, so stack and average once
+        new_logps_t = torch.stack(new_logps)
+        kls.append(approx_kl(new_logps_t, b.logp))
+        clipfracs.append(clip_fraction(new_logps_t, b.logp, clip_range))
 
     def mean(xs: list) -> float:
-        return float(torch.stack([torch.as_tensor(x) for x in xs]).mean()) if xs else float("nan")
+        return float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in xs]).mean()) if xs else float("nan")
 
     return {
         "train/policy_gradient_loss": mean(pg_losses),
