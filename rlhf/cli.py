@@ -22,7 +22,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"--resume {args.resume!r}: no config.yaml there (is it a run directory?)")
-        overrides = ([args.config] if args.config and "=" in args.config else []) + args.overrides
+        if args.config and "=" not in args.config:
+            raise ConfigError(f"--resume uses {run_dir / 'config.yaml'}; pass only key=value overrides, "
+                              f"not {args.config!r}")
+        overrides = ([args.config] if args.config else []) + args.overrides
         cfg = load_config(run_dir / "config.yaml", overrides)
         trainer = Trainer(cfg, run_dir, resume=True)
     else:

@@ -71,6 +71,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        if not resume and latest_checkpoint(self.run_dir) is not None:
+            raise ConfigError(f"run directory {str(self.run_dir)!r} already holds checkpoints: continue it with "
+                              f"--resume {self.run_dir}, or choose another --run-dir")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, rlhf_cmd, scalar_tags, scalars
+from cli_helpers import ROOT, rlhf_cmd, scalar_tags, scalars
 from rlhf.cli import main
 
 SB3_TAGS = {"rollout/ep_rew_mean", "rollout/ep_len_mean", "train/approx_kl", "train/clip_fraction",
@@ -88,3 +88,15 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path, config, s
     last = [scalars(d, "train/value_loss")[-1] for d in (*copies, full)]
     assert last[0] == last[1] == last[2], last
     assert last[0][0] >= steps
+
+
+def test_run_dir_is_not_reused_by_accident(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", CARTPOLE, "total_timesteps=512", "logging.progress_bar=false", "--run-dir", str(run_dir)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main(["train", CARTPOLE, "--resume", str(run_dir)]) == 2
+    assert "pass only key=value overrides" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run_dir), "total_timesteps=1024"]) == 0  # an override extends it

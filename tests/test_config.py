@@ -65,7 +65,7 @@ def test_schedules():
 
 
 def test_deepracer_hyperparameters_file(tmp_path):
-    from conftest import ROOT
+    from cli_helpers import ROOT
 
     hp = ROOT / "tests" / "data" / "hyperparameters.json"
     cfg = load_config(data={"deepracer": {"hyperparameters": str(hp)}})

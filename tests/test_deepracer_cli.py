@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, SHARED_TRACKS, rlhf_cmd, scalar_tags
+from cli_helpers import ROOT, SHARED_TRACKS, rlhf_cmd, scalar_tags
 
 CONFIGS = ROOT / "configs"
 COMMUNITY_REWARD = '''

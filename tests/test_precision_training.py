@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, rlhf_cmd, scalar_tags
+from cli_helpers import ROOT, rlhf_cmd, scalar_tags
 from rlhf.cli import main
 
 
