@@ -154,15 +154,30 @@ def tanh_mlp_linears(trunk: nn.Module) -> list[nn.Linear] | None:
     return linears
 
 
-def fused_tanh_mlp(linears: list[nn.Linear], x: Tensor, tanh_last: bool = False) -> Tensor:
-    """Apply plain ``nn.Linear`` layers with tanh between them (and after the last if ``tanh_last``):
-    as one ``_TanhMLP`` autograd node when a gradient is wanted, as plain ops otherwise (rollouts)."""
-    params = []
-    for layer in linears:
-        params += (layer.weight, layer.bias)
-    if torch.is_grad_enabled() and (x.requires_grad or params[0].requires_grad):
+def linear_params(linears: list[nn.Module]) -> tuple[Tensor, ...]:
+    return tuple(t for layer in linears for t in (layer.weight, layer.bias))
+
+
+def fused_tanh_mlp(params: tuple[Tensor, ...], x: Tensor, tanh_last: bool = False) -> Tensor:
+    """Linear layers ``params = (W1, b1, W2, b2, ...)`` with tanh between them (and after the last if
+    ``tanh_last``): one ``_TanhMLP`` autograd node when a gradient is wanted, plain ops otherwise."""
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _TanhMLP.apply(x, tanh_last, *params)
     return _tanh_mlp_forward(x, params, tanh_last)[-1]
+
+
+# Bumped whenever any nn.Module registers a submodule or parameter (construction, or swapping layers as
+# rlhf.precision does), so a policy knows when the fused plan it cached may be stale.
+_structure_version = 0
+
+
+def _bump_structure_version(*_args) -> None:
+    global _structure_version
+    _structure_version += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_bump_structure_version)
+nn.modules.module.register_module_parameter_registration_hook(_bump_structure_version)
 
 
 # ----------------------------------------------------------------------------- networks
@@ -240,6 +255,7 @@ class ActorCritic(nn.Module):
         if cfg.ortho_init:
             self._orthogonal_init()
         self.fused = True  # run plain tanh MLPs as one autograd node each (see _TanhMLP); False: layer by layer
+        self._plan, self._plan_version = None, -1
 
     def _orthogonal_init(self) -> None:
         """SB3/CleanRL init: sqrt(2) gain in the trunk, 0.01 on the policy head, 1 on the value head."""
@@ -261,28 +277,49 @@ class ActorCritic(nn.Module):
         vf_latent = pi_latent if self.vf_trunk is None else self.vf_trunk(obs)
         return self.pi_head(pi_latent).float(), self.vf_head(vf_latent).float().squeeze(-1)
 
+    def _fused_plan(self) -> tuple | None:
+        """(pi params, vf params) for ``fused_tanh_mlp`` - trunk and head as one network each; or
+        (trunk params, None) for a shared trunk - or None when some layer is not a plain Linear / Tanh.
+        Cached until a module or parameter is registered anywhere (see ``_structure_version``)."""
+        if self._plan_version == _structure_version:
+            return self._plan
+        pi = tanh_mlp_linears(self.pi_trunk)
+        vf = pi if self.vf_trunk is None else tanh_mlp_linears(self.vf_trunk)
+        plan = None
+        if pi is not None and vf is not None and type(self.pi_head) is nn.Linear and type(self.vf_head) is nn.Linear:
+            if self.vf_trunk is None:
+                plan = (linear_params(pi), None)
+            else:
+                plan = (linear_params([*pi, self.pi_head]), linear_params([*vf, self.vf_head]))
+        self._plan, self._plan_version = plan, _structure_version
+        return plan
+
+    def _apply(self, fn, *args, **kwargs):
+        self._plan_version = -1  # .to() / .double() may swap parameter objects without registering them
+        return super()._apply(fn, *args, **kwargs)
+
     def _fused_forward(self, obs: Tensor) -> tuple[Tensor, Tensor] | None:
         """``forward`` with each network (trunk + head) as one ``_TanhMLP`` node; None where that does not
-        apply: autocast on, non-fp32 input, or any layer that is not a plain Linear / Tanh. Per-layer
-        forward hooks do not run on this path; set ``policy.fused = False`` if you need them."""
-        if obs.dtype != torch.float32 or torch.is_autocast_enabled(obs.device.type):
+        apply: autocast on, input dtype not the weights', or any layer that is not a plain Linear / Tanh.
+        Per-layer forward hooks do not run on this path; set ``policy.fused = False`` if you need them."""
+        plan = self._fused_plan()
+        if plan is None or torch.is_autocast_enabled(obs.device.type):
             return None
-        pi_linears = tanh_mlp_linears(self.pi_trunk)
-        vf_linears = pi_linears if self.vf_trunk is None else tanh_mlp_linears(self.vf_trunk)
-        if (pi_linears is None or vf_linears is None or type(self.pi_head) is not nn.Linear
-                or type(self.vf_head) is not nn.Linear or self.pi_head.weight.dtype != torch.float32):
+        pi, vf = plan
+        if pi and obs.dtype != pi[0].dtype:
             return None
         if obs.dim() != 2:
             obs = obs.flatten(1)
-        if self.vf_trunk is None:  # shared trunk: tanh on its last layer too, then the two heads
-            latent = fused_tanh_mlp(pi_linears, obs, tanh_last=True) if pi_linears else obs
-            return self.pi_head(latent), self.vf_head(latent).squeeze(-1)
-        return (fused_tanh_mlp([*pi_linears, self.pi_head], obs),
-                fused_tanh_mlp([*vf_linears, self.vf_head], obs).squeeze(-1))
+        if vf is None:  # shared trunk: tanh after its last layer too, then the two heads
+            latent = fused_tanh_mlp(pi, obs, tanh_last=True) if pi else obs
+            return self.pi_head(latent).float(), self.vf_head(latent).float().squeeze(-1)
+        return fused_tanh_mlp(pi, obs), fused_tanh_mlp(vf, obs).squeeze(-1)
 
-    @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Sample actions for a batch of observations: (actions, log-probs, values)."""
+        if torch.is_grad_enabled():  # rollouts already run without grad: skip the no_grad context there
+            with torch.no_grad():
+                return self.act(obs, deterministic)
         out, value = self(obs)
         if self.continuous:
             actions = out if deterministic else out + torch.randn_like(out) * self.log_std.float().exp()

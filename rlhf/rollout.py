@@ -35,6 +35,12 @@ class Rollout:
         for key in self.KEYS:
             shape, dtype = shapes.get(key, ((), torch.bool if key in ("terminations", "dones", "valid") else torch.float32))
             self.data[key] = torch.zeros((capacity, num_envs, *shape), dtype=dtype)
+        self._numpy_views()
+
+    def _numpy_views(self) -> None:
+        """numpy arrays sharing memory with ``data``: writing one env step through numpy costs a fraction of
+        a torch indexed assignment, and most of a step arrives as numpy from the env anyway."""
+        self._np = {k: v.numpy() for k, v in self.data.items()}
 
     def __getattr__(self, key: str) -> Tensor:
         data = self.__dict__.get("data")
@@ -49,12 +55,19 @@ class Rollout:
     def reset(self) -> None:
         self.t = 0
 
-    def add(self, **step: Tensor) -> None:
+    def add(self, **step: Tensor | np.ndarray) -> None:
+        """Store one vector step; values are (num_envs, ...) tensors or numpy arrays."""
         if self.t == self.capacity:
             with torch.inference_mode(False):  # normal tensors: the trainer edits them after collection
                 self.data = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in self.data.items()}
+            self._numpy_views()
         for key, value in step.items():
-            self.data[key][self.t] = value
+            if isinstance(value, Tensor):
+                if value.device.type != "cpu" or value.requires_grad:
+                    self.data[key][self.t] = value
+                    continue
+                value = value.numpy()
+            self._np[key][self.t] = value
         self.t += 1
 
     def batch(self, last_value: Tensor, gamma: float, lam: float) -> Batch:
@@ -127,8 +140,7 @@ class Collector:
         rollout.reset()
         finished = 0
         while (rollout.t < n_steps) if n_steps is not None else (finished < episodes):
-            obs_t = torch.as_tensor(self.obs, device=self.device)
-            actions, logp, values = actor.act(obs_t)
+            actions, logp, values = actor.act(torch.as_tensor(self.obs, device=self.device))
             next_obs, rewards, terminated, truncated, infos = self.envs.step(actor.env_actions(actions))
             valid = ~self.prev_done
             done = terminated | truncated
@@ -138,10 +150,8 @@ class Collector:
                 finished += int(done.sum())
                 self._record(done, infos)
             train_rewards = self.reward_scaler(rewards, done) if self.reward_scaler else rewards
-            rollout.add(obs=obs_t.cpu(), actions=actions.cpu(), logp=logp.cpu(), values=values.cpu(),
-                        rewards=torch.as_tensor(train_rewards, dtype=torch.float32),
-                        terminations=torch.as_tensor(terminated), dones=torch.as_tensor(done),
-                        valid=torch.as_tensor(valid))
+            rollout.add(obs=self.obs, actions=actions, logp=logp, values=values, rewards=train_rewards,
+                        terminations=terminated, dones=done, valid=valid)
             if on_step is not None:
                 on_step(self.obs, actions, rewards, done, infos)
             self.obs, self.prev_done = next_obs, done
