@@ -1,0 +1,67 @@
+"""Rollout storage and the collector: numpy and tensor writes land in the same tensors."""
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlhf.config import PolicyConfig
+from rlhf.policies import ActorCritic
+from rlhf.rollout import Collector, Rollout
+
+
+def make_rollout(capacity=2, num_envs=3):
+    return Rollout(num_envs, (4,), torch.float32, (), torch.int64, capacity)
+
+
+def step(i, num_envs=3):
+    return dict(obs=np.full((num_envs, 4), i, dtype=np.float64), actions=torch.full((num_envs,), i),
+                logp=torch.full((num_envs,), -0.5 * i), values=torch.full((num_envs,), float(i)),
+                rewards=np.full(num_envs, i + 0.25), terminations=np.array([i % 2 == 0] * num_envs),
+                dones=np.array([True, False, i % 2 == 0]), valid=np.array([True, i > 0, True]))
+
+
+def test_add_accepts_numpy_and_tensors_and_grows():
+    r = make_rollout(capacity=2)
+    for i in range(5):  # past capacity twice: storage doubles and the numpy views follow it
+        r.add(**step(i))
+    assert r.t == 5 and r.capacity == 8
+    assert r.obs.dtype == torch.float32 and r.actions.dtype == torch.int64 and r.valid.dtype == torch.bool
+    for i in range(5):
+        assert torch.equal(r.obs[i], torch.full((3, 4), float(i)))
+        assert torch.equal(r.actions[i], torch.full((3,), i))
+        assert torch.equal(r.rewards[i], torch.full((3,), i + 0.25))
+        assert torch.equal(r.valid[i], torch.tensor([True, i > 0, True]))
+    r.data["logp"][:2] = 7.0  # tensor edits (the trainer's off-policy correction) are seen by later reads
+    assert torch.equal(r.logp[:2], torch.full((2, 3), 7.0))
+
+
+def test_add_under_inference_mode_and_growth_gives_normal_tensors():
+    r = make_rollout(capacity=1)
+    with torch.inference_mode():
+        for i in range(3):
+            r.add(**step(i))
+    assert not any(v.is_inference() for v in r.data.values())
+    r.data["values"][: r.t] = 1.0
+    assert torch.equal(r.values, torch.ones(3, 3))
+
+
+def test_collect_stores_what_the_env_saw():
+    envs = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="vector_entry_point")
+    torch.manual_seed(0)
+    policy = ActorCritic(envs.single_observation_space, envs.single_action_space, PolicyConfig())
+    collector = Collector(envs, torch.device("cpu"))
+    collector.reset(seed=0)
+    first_obs = collector.obs.copy()
+    rollout = Rollout(4, (4,), torch.float32, (), torch.int64, 64)
+    last_value = collector.collect(policy, rollout, n_steps=64)
+    assert rollout.t == 64 and last_value.shape == (4,)
+    assert torch.equal(rollout.obs[0], torch.as_tensor(first_obs))
+    assert set(rollout.actions.unique().tolist()) <= {0, 1}
+    # the step after a done is the autoreset step: not valid, reward 0
+    after_done = torch.cat([torch.zeros(1, 4, dtype=torch.bool), rollout.dones[:-1]])
+    assert torch.equal(rollout.valid, ~after_done)
+    assert (rollout.rewards[~rollout.valid] == 0).all() and (rollout.rewards[rollout.valid] == 1).all()
+    logp = policy.logp_entropy(policy(rollout.obs.reshape(-1, 4))[0], rollout.actions.reshape(-1))[0]
+    assert torch.allclose(logp, rollout.logp.reshape(-1), atol=1e-5)
+    batch = rollout.batch(last_value, 0.99, 0.95)
+    assert len(batch) == int(rollout.valid.sum())
+    envs.close()
