@@ -24,11 +24,11 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # ----------------------------------------------------------------------------- distributions
 
 def categorical_sample(logits: Tensor, deterministic: bool = False) -> Tensor:
-    """Sample (or argmax) actions from fp32 logits; Gumbel-max avoids building a probability table."""
+    """Sample (or argmax) actions from fp32 logits by Gumbel-max, which needs no probability table:
+    -log(E) with E ~ Exp(1) is a standard Gumbel variable (the same as -log(-log U), in fewer ops)."""
     if deterministic:
         return logits.argmax(-1)
-    u = torch.rand_like(logits).clamp_(1e-10, 1.0)
-    return (logits - torch.log(-torch.log(u))).argmax(-1)
+    return (logits - torch.empty_like(logits).exponential_().log_()).argmax(-1)
 
 
 def categorical_logp(logits: Tensor, actions: Tensor) -> Tensor:
@@ -83,61 +83,71 @@ class RunningMeanStd(nn.Module):
 
 # ----------------------------------------------------------------------------- fused tanh MLP
 
-def _tanh_(x: Tensor) -> Tensor:
-    """tanh in place. aten::tanh goes through MKL's VML, which takes a slow scalar path on some CPUs: on a
-    (256, 64) batch, 2 sigmoid(2x) - 1 is the same function in under half the time. Small tensors keep
-    aten::tanh, where three ops cost more than the slow path."""
-    if x.numel() < 4096:
-        return x.tanh_()
-    return torch.sigmoid_(x.mul_(2.0)).mul_(2.0).sub_(1.0)
-
-
 def _tanh_mlp_forward(x: Tensor, params: tuple[Tensor, ...], tanh_last: bool) -> list[Tensor]:
     """Activations ``[x, h1, ..., out]`` of Linear layers ``params = (W1, b1, W2, b2, ...)`` with tanh
-    between them (and after the last one if ``tanh_last``)."""
+    between them (and after the last one if ``tanh_last``).
+
+    On large tensors tanh(z) is computed as 2 sigmoid(2z) - 1 with 2z straight out of addmm: aten::tanh goes
+    through MKL's VML, which takes a slow scalar path on some CPUs (AMD), and this is the same function in
+    under half the time on a (256, 64) batch. Small tensors keep aten::tanh, where the extra ops cost more.
+    """
     hs, n = [x], len(params) // 2
     for i in range(n):
-        x = torch.addmm(params[2 * i + 1], x, params[2 * i].t())
-        if i < n - 1 or tanh_last:
-            x = _tanh_(x)
+        w, b = params[2 * i], params[2 * i + 1]
+        if i == n - 1 and not tanh_last:
+            x = torch.addmm(b, x, w.t())
+        elif x.shape[0] * w.shape[0] < 4096:
+            x = torch.addmm(b, x, w.t()).tanh_()
+        else:
+            x = torch.sigmoid_(torch.addmm(b, x, w.t(), beta=2.0, alpha=2.0)).mul_(2.0).sub_(1.0)
         hs.append(x)
     return hs
 
 
 class _TanhMLP(torch.autograd.Function):
-    """A tanh MLP (``_tanh_mlp_forward``) as one autograd node with a hand-written backward.
+    """Tanh MLPs (``_tanh_mlp_forward``) that read the same input - the actor and the critic - as one
+    autograd node with a hand-written backward.
 
-    Why: for a 64-unit MLP on a few hundred CPU samples, autograd's per-op bookkeeping and nn.Module
-    calls cost as much as the arithmetic. One node per network instead of ~4 per layer makes a PPO
+    Why: for 64-unit MLPs on a few hundred CPU samples, autograd's per-op bookkeeping and nn.Module calls
+    cost as much as the arithmetic. One node for both networks instead of ~4 per layer makes a PPO
     gradient step markedly cheaper; the gradients are autograd's (tested to float rounding).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, tanh_last: bool, *params: Tensor) -> Tensor:
-        hs = _tanh_mlp_forward(x, params, tanh_last)
-        ctx.tanh_last = tanh_last
-        ctx.save_for_backward(*hs[:-1], *params[0::2], *([hs[-1]] if tanh_last else []))
-        return hs[-1]
+    def forward(ctx, x: Tensor, tanh_last: bool, depths: tuple[int, ...], *params: Tensor) -> tuple[Tensor, ...]:
+        outs, saved, start = [], [], 0
+        for depth in depths:
+            net = params[start:start + 2 * depth]
+            start += 2 * depth
+            hs = _tanh_mlp_forward(x, net, tanh_last)
+            outs.append(hs[-1])
+            saved += [*hs[:-1], *net[0::2], *hs[-1:]] if tanh_last else [*hs[:-1], *net[0::2]]
+        ctx.tanh_last, ctx.depths = tanh_last, depths
+        ctx.save_for_backward(*saved)
+        return tuple(outs)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        saved = ctx.saved_tensors
-        n = (len(saved) - ctx.tanh_last) // 2
-        hs, weights = saved[:n], saved[n:2 * n]
-        if ctx.tanh_last:
-            grad = torch.ops.aten.tanh_backward(grad, saved[-1])
-        grads: list[Tensor | None] = [None] * (2 * n)
-        for i in reversed(range(n)):
-            # dW = g' h, computed as (h' g)' when the layer is wider than its input: same numbers, but MKL
-            # is several times faster when the short side of the product comes first
-            w = weights[i]
-            grads[2 * i] = torch.mm(hs[i].t(), grad).t() if w.shape[1] < w.shape[0] else torch.mm(grad.t(), hs[i])
-            grads[2 * i + 1] = grad.sum(0)
-            if i > 0:
-                grad = torch.ops.aten.tanh_backward(torch.mm(grad, w), hs[i])
-            elif ctx.needs_input_grad[0]:
-                grad = torch.mm(grad, w)
-        return (grad if ctx.needs_input_grad[0] else None), None, *grads
+    def backward(ctx, *out_grads: Tensor):
+        saved, start = ctx.saved_tensors, 0
+        x_grad, grads = None, []
+        for depth, grad in zip(ctx.depths, out_grads):
+            hs, weights = saved[start:start + depth], saved[start + depth:start + 2 * depth]
+            if ctx.tanh_last:
+                grad = torch.ops.aten.tanh_backward(grad, saved[start + 2 * depth])
+            start += 2 * depth + ctx.tanh_last
+            net_grads: list[Tensor | None] = [None] * (2 * depth)
+            for i in reversed(range(depth)):
+                # dW = g' h, computed as (h' g)' when the layer is wider than its input: same numbers, but
+                # MKL is several times faster when the short side of the product comes first
+                w = weights[i]
+                net_grads[2 * i] = torch.mm(hs[i].t(), grad).t() if w.shape[1] < w.shape[0] else torch.mm(grad.t(), hs[i])
+                net_grads[2 * i + 1] = grad.sum(0)
+                if i > 0:
+                    grad = torch.ops.aten.tanh_backward(torch.mm(grad, w), hs[i])
+                elif ctx.needs_input_grad[0]:
+                    x_grad = torch.mm(grad, w) if x_grad is None else x_grad.addmm_(grad, w)
+            grads += net_grads
+        return x_grad, None, None, *grads
 
 
 def tanh_mlp_linears(trunk: nn.Module) -> list[nn.Linear] | None:
@@ -158,12 +168,14 @@ def linear_params(linears: list[nn.Module]) -> tuple[Tensor, ...]:
     return tuple(t for layer in linears for t in (layer.weight, layer.bias))
 
 
-def fused_tanh_mlp(params: tuple[Tensor, ...], x: Tensor, tanh_last: bool = False) -> Tensor:
-    """Linear layers ``params = (W1, b1, W2, b2, ...)`` with tanh between them (and after the last if
-    ``tanh_last``): one ``_TanhMLP`` autograd node when a gradient is wanted, plain ops otherwise."""
+def fused_tanh_mlps(nets: tuple[tuple[Tensor, ...], ...], x: Tensor, tanh_last: bool = False) -> tuple[Tensor, ...]:
+    """Tanh MLPs on the same input, each given as its Linear layers ``(W1, b1, W2, b2, ...)``, with tanh
+    between layers (and after the last if ``tanh_last``): one ``_TanhMLP`` autograd node when a gradient
+    is wanted, plain ops otherwise (rollouts)."""
+    params = tuple(t for net in nets for t in net)
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-        return _TanhMLP.apply(x, tanh_last, *params)
-    return _tanh_mlp_forward(x, params, tanh_last)[-1]
+        return _TanhMLP.apply(x, tanh_last, tuple(len(net) // 2 for net in nets), *params)
+    return tuple(_tanh_mlp_forward(x, net, tanh_last)[-1] for net in nets)
 
 
 # Bumped whenever any nn.Module registers a submodule or parameter (construction, or swapping layers as
@@ -278,7 +290,7 @@ class ActorCritic(nn.Module):
         return self.pi_head(pi_latent).float(), self.vf_head(vf_latent).float().squeeze(-1)
 
     def _fused_plan(self) -> tuple | None:
-        """(pi params, vf params) for ``fused_tanh_mlp`` - trunk and head as one network each; or
+        """(pi params, vf params) for ``fused_tanh_mlps`` - trunk and head as one network each; or
         (trunk params, None) for a shared trunk - or None when some layer is not a plain Linear / Tanh.
         Cached until a module or parameter is registered anywhere (see ``_structure_version``)."""
         if self._plan_version == _structure_version:
@@ -311,9 +323,10 @@ class ActorCritic(nn.Module):
         if obs.dim() != 2:
             obs = obs.flatten(1)
         if vf is None:  # shared trunk: tanh after its last layer too, then the two heads
-            latent = fused_tanh_mlp(pi, obs, tanh_last=True) if pi else obs
+            latent = fused_tanh_mlps((pi,), obs, tanh_last=True)[0] if pi else obs
             return self.pi_head(latent).float(), self.vf_head(latent).float().squeeze(-1)
-        return fused_tanh_mlp(pi, obs), fused_tanh_mlp(vf, obs).squeeze(-1)
+        logits, value = fused_tanh_mlps((pi, vf), obs)
+        return logits, value.squeeze(-1)
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Sample actions for a batch of observations: (actions, log-probs, values)."""

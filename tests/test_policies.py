@@ -127,9 +127,10 @@ def test_fused_mlp_gradcheck_float64():
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 3, dtype=torch.float64, generator=g).requires_grad_()  # 300 x 5 > tanh switch size
-    params = [torch.randn(s, dtype=torch.float64, generator=g).requires_grad_() for s in [(5, 3), (5,), (2, 5), (2,)]]
+    shapes = [(5, 3), (5,), (2, 5), (2,), (5, 3), (5,), (4, 5), (4,), (1, 4), (1,)]  # two nets, depths 2 and 3
+    params = [torch.randn(s, dtype=torch.float64, generator=g).requires_grad_() for s in shapes]
     for tanh_last in (False, True):
-        assert torch.autograd.gradcheck(lambda x, *p: _TanhMLP.apply(x, tanh_last, *p), (x, *params))
+        assert torch.autograd.gradcheck(lambda x, *p: _TanhMLP.apply(x, tanh_last, (2, 3), *p), (x, *params))
 
 
 def test_fused_path_is_skipped_where_it_does_not_apply():

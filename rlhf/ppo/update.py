@@ -123,7 +123,11 @@ def ppo_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, b: Bat
         clipfracs.append(clip_fraction(new_logps_t, b.logp, clip_range))
 
     def mean(xs: list) -> float:
-        return float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in xs]).mean()) if xs else float("nan")
+        if not xs:
+            return float("nan")
+        if not all(isinstance(x, torch.Tensor) for x in xs):
+            xs = [torch.as_tensor(x, dtype=torch.float32) for x in xs]
+        return float(torch.stack(xs).float().mean())
 
     return {
         "train/policy_gradient_loss": mean(pg_losses),
