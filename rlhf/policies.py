@@ -334,13 +334,36 @@ class ActorCritic(nn.Module):
             with torch.no_grad():
                 return self.act(obs, deterministic)
         out, value = self(obs)
+        actions = self._sample(out, deterministic)
         if self.continuous:
-            actions = out if deterministic else out + torch.randn_like(out) * self.log_std.float().exp()
             logp, _ = gaussian_logp_entropy(out, self.log_std, actions)
         else:
-            actions = categorical_sample(out, deterministic)
             logp = categorical_logp(out, actions)
         return actions, logp, value
+
+    def sample_actions(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Actions alone, from the policy network alone. The collector steps envs with this and takes the
+        log-probs and values of the whole rollout afterwards in one batched pass, which costs far less
+        than computing them (and running the critic) at every step."""
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self.sample_actions(obs, deterministic)
+        return self._sample(self.policy_out(obs), deterministic)
+
+    def _sample(self, out: Tensor, deterministic: bool) -> Tensor:
+        if self.continuous:
+            return out if deterministic else out + torch.randn_like(out) * self.log_std.float().exp()
+        return categorical_sample(out, deterministic)
+
+    def policy_out(self, obs: Tensor) -> Tensor:
+        """``forward``'s first output (logits or Gaussian mean, fp32) without running the critic."""
+        if self.obs_rms is not None:
+            obs = self.obs_rms(obs)
+        plan = self._fused_plan() if self.fused else None
+        if (plan is not None and plan[1] is not None and obs.dtype == plan[0][0].dtype
+                and not torch.is_autocast_enabled(obs.device.type)):
+            return fused_tanh_mlps((plan[0],), obs if obs.dim() == 2 else obs.flatten(1))[0]
+        return self.pi_head(self.pi_trunk(obs)).float()
 
     def evaluate(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probs of stored actions, entropies and values, with gradients: (logp, entropy, value)."""

@@ -20,6 +20,7 @@ from rlhf.ppo.advantages import gae
 from rlhf.ppo.update import Batch
 
 STATS_WINDOW = 100  # episodes behind rollout/ep_rew_mean, as in Stable-Baselines3
+EVAL_CHUNK = 4096  # rows per forward pass when a rollout's log-probs and values are computed after collection
 
 
 class Rollout:
@@ -135,12 +136,23 @@ class Collector:
                 on_step=None) -> Tensor:
         """Fill ``rollout`` for ``n_steps`` vector steps, or until ``episodes`` episodes finished.
 
-        Returns V(s) of the observation after the last step, for GAE's bootstrap.
+        Returns V(s) of the observation after the last step, for GAE's bootstrap. An actor with
+        ``sample_actions`` (``ActorCritic``) only picks actions while stepping; the log-probs and values
+        of the whole rollout then come from one batched pass (the actor does not change while collecting,
+        so they are the same numbers for a fraction of the per-step cost). Other actors' ``act`` supplies
+        them step by step.
         """
         rollout.reset()
+        sample = getattr(actor, "sample_actions", None)
+        stats: dict[str, Tensor] = {}
         finished = 0
         while (rollout.t < n_steps) if n_steps is not None else (finished < episodes):
-            actions, logp, values = actor.act(torch.as_tensor(self.obs, device=self.device))
+            obs_t = torch.as_tensor(self.obs, device=self.device)
+            if sample is not None:
+                actions = sample(obs_t)
+            else:
+                actions, logp, values = actor.act(obs_t)
+                stats = {"logp": logp, "values": values}
             next_obs, rewards, terminated, truncated, infos = self.envs.step(actor.env_actions(actions))
             valid = ~self.prev_done
             done = terminated | truncated
@@ -150,12 +162,28 @@ class Collector:
                 finished += int(done.sum())
                 self._record(done, infos)
             train_rewards = self.reward_scaler(rewards, done) if self.reward_scaler else rewards
-            rollout.add(obs=self.obs, actions=actions, logp=logp, values=values, rewards=train_rewards,
-                        terminations=terminated, dones=done, valid=valid)
+            rollout.add(obs=self.obs, actions=actions, rewards=train_rewards, terminations=terminated,
+                        dones=done, valid=valid, **stats)
             if on_step is not None:
                 on_step(self.obs, actions, rewards, done, infos)
             self.obs, self.prev_done = next_obs, done
-        return actor.value(torch.as_tensor(self.obs, device=self.device)).cpu()
+        last_obs = torch.as_tensor(self.obs, device=self.device)
+        if sample is None:
+            return actor.value(last_obs).cpu()
+        return self._evaluate(actor, rollout, last_obs)
+
+    def _evaluate(self, actor, rollout: Rollout, last_obs: Tensor) -> Tensor:
+        """Store log-probs and values of every collected step, computed in batches; return V(last_obs)."""
+        T, N = rollout.t, rollout.num_envs
+        obs = rollout.obs.reshape(T * N, *rollout.obs.shape[2:]).to(self.device)
+        obs = torch.cat([obs, last_obs.to(obs.dtype)])
+        outs, values = zip(*(actor(chunk) for chunk in obs.split(EVAL_CHUNK)))
+        out, value = (torch.cat(outs), torch.cat(values)) if len(outs) > 1 else (outs[0], values[0])
+        actions = rollout.actions.reshape(T * N, *rollout.actions.shape[2:]).to(self.device)
+        logp, _ = actor.logp_entropy(out[: T * N], actions)
+        rollout.data["logp"][:T] = logp.reshape(T, N).cpu()
+        rollout.data["values"][:T] = value[: T * N].reshape(T, N).cpu()
+        return value[T * N:].float().cpu()
 
     def _record(self, done: np.ndarray, infos: dict) -> None:
         for i in np.flatnonzero(done):

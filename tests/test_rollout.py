@@ -65,3 +65,37 @@ def test_collect_stores_what_the_env_saw():
     batch = rollout.batch(last_value, 0.99, 0.95)
     assert len(batch) == int(rollout.valid.sum())
     envs.close()
+
+
+class StepByStep:
+    """The same actor without ``sample_actions``: the collector falls back to ``act`` at every step."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def act(self, obs):
+        return self.policy.act(obs)
+
+    def value(self, obs):
+        return self.policy.value(obs)
+
+    def env_actions(self, actions):
+        return self.policy.env_actions(actions)
+
+
+def test_batched_log_probs_and_values_match_step_by_step():
+    results = []
+    for wrap in (False, True):
+        envs = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="vector_entry_point")
+        torch.manual_seed(0)
+        policy = ActorCritic(envs.single_observation_space, envs.single_action_space, PolicyConfig())
+        collector = Collector(envs, torch.device("cpu"))
+        collector.reset(seed=0)
+        rollout = Rollout(4, (4,), torch.float32, (), torch.int64, 40)
+        last_value = collector.collect(StepByStep(policy) if wrap else policy, rollout, n_steps=40)
+        results.append((rollout.actions.clone(), rollout.logp.clone(), rollout.values.clone(), last_value))
+        envs.close()
+    (a1, l1, v1, lv1), (a2, l2, v2, lv2) = results
+    assert torch.equal(a1, a2)  # same random stream, same actions
+    assert torch.allclose(l1, l2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
+    assert torch.allclose(lv1, lv2, atol=1e-5)
