@@ -55,7 +55,11 @@ class FlatAdam(torch.optim.Adam):
         up to float rounding of the norm. Returns the norm before clipping (a tensor: no sync)."""
         grad = self.flat.grad
         norm = torch.linalg.vector_norm(grad)
-        if max_grad_norm is not None:
+        if max_grad_norm is not None and grad.is_cpu:  # reading a CPU scalar is free: skip the tensor ops
+            coef = max_grad_norm / (float(norm) + 1e-6)
+            if coef < 1.0:
+                grad.mul_(coef)
+        elif max_grad_norm is not None:
             grad.mul_(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
         group, state = self.param_groups[0], self.state[self.flat]
         if not state:  # what Adam's fused path creates on its first step
