@@ -140,7 +140,8 @@ class _TanhMLP(torch.autograd.Function):
                 # dW = g' h, computed as (h' g)' when the layer is wider than its input: same numbers, but
                 # MKL is several times faster when the short side of the product comes first
                 w = weights[i]
-                net_grads[2 * i] = torch.mm(hs[i].t(), grad).t() if w.shape[1] < w.shape[0] else torch.mm(grad.t(), hs[i])
+                wide = w.shape[1] < w.shape[0]
+                net_grads[2 * i] = torch.mm(hs[i].t(), grad).t() if wide else torch.mm(grad.t(), hs[i])
                 net_grads[2 * i + 1] = grad.sum(0)
                 if i > 0:
                     grad = torch.ops.aten.tanh_backward(torch.mm(grad, w), hs[i])

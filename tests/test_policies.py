@@ -97,7 +97,8 @@ FUSED_CASES = {
     "separate": (BOX, gym.spaces.Discrete(3), PolicyConfig()),
     "shared": (BOX, gym.spaces.Box(-2.0, 2.0, (2,), np.float32), PolicyConfig(shared=True)),
     "no_hidden": (BOX, gym.spaces.Discrete(2), PolicyConfig(hidden_sizes=[])),
-    "deep": (gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32), gym.spaces.Discrete(2), PolicyConfig(hidden_sizes=[16, 8, 4])),
+    "deep": (gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32), gym.spaces.Discrete(2),
+             PolicyConfig(hidden_sizes=[16, 8, 4])),
 }
 
 
@@ -114,7 +115,8 @@ def test_fused_forward_and_gradients_match_layer_by_layer(case, batch):
         policy.zero_grad(set_to_none=True)
         out, value = policy(obs)
         (out.pow(2).sum() + (value * torch.linspace(-1, 1, batch)).sum()).backward()
-        results.append((out.detach(), value.detach(), {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}))
+        grads = {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}
+        results.append((out.detach(), value.detach(), grads))
     (out_f, v_f, g_f), (out_m, v_m, g_m) = results
     assert torch.allclose(out_f, out_m, atol=1e-6) and torch.allclose(v_f, v_m, atol=1e-6)
     assert g_f.keys() == g_m.keys()

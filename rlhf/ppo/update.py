@@ -77,7 +77,8 @@ def ppo_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, b: Bat
                 if len(mb_inds) < 2 and n >= 2:
                     continue  # a 1-sample tail cannot be normalised; SB3 would also skip it
                 mb = b.index(mb_inds)
-                minibatches.append((mb, whiten(mb.advantages) if cfg.normalize_advantage and len(mb) > 1 else mb.advantages))
+                normalize = cfg.normalize_advantage and len(mb) > 1
+                minibatches.append((mb, whiten(mb.advantages) if normalize else mb.advantages))
         for mb, mb_adv in minibatches:
             with precision.autocast():
                 out, new_values = policy(mb.obs)
