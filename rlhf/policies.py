@@ -179,20 +179,6 @@ def fused_tanh_mlps(nets: tuple[tuple[Tensor, ...], ...], x: Tensor, tanh_last: 
     return tuple(_tanh_mlp_forward(x, net, tanh_last)[-1] for net in nets)
 
 
-# Bumped whenever any nn.Module registers a submodule or parameter (construction, or swapping layers as
-# rlhf.precision does), so a policy knows when the fused plan it cached may be stale.
-_structure_version = 0
-
-
-def _bump_structure_version(*_args) -> None:
-    global _structure_version
-    _structure_version += 1
-
-
-nn.modules.module.register_module_module_registration_hook(_bump_structure_version)
-nn.modules.module.register_module_parameter_registration_hook(_bump_structure_version)
-
-
 # ----------------------------------------------------------------------------- networks
 
 def mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
@@ -268,7 +254,7 @@ class ActorCritic(nn.Module):
         if cfg.ortho_init:
             self._orthogonal_init()
         self.fused = True  # run plain tanh MLPs as one autograd node each (see _TanhMLP); False: layer by layer
-        self._plan, self._plan_version = None, -1
+        self._plan, self._plan_key = None, None
 
     def _orthogonal_init(self) -> None:
         """SB3/CleanRL init: sqrt(2) gain in the trunk, 0.01 on the policy head, 1 on the value head."""
@@ -293,8 +279,10 @@ class ActorCritic(nn.Module):
     def _fused_plan(self) -> tuple | None:
         """(pi params, vf params) for ``fused_tanh_mlps`` - trunk and head as one network each; or
         (trunk params, None) for a shared trunk - or None when some layer is not a plain Linear / Tanh.
-        Cached until a module or parameter is registered anywhere (see ``_structure_version``)."""
-        if self._plan_version == _structure_version:
+        Cached with the exact module and parameter objects it was built from, so swapping a layer
+        (as rlhf.precision does in its copies) or a parameter rebuilds it."""
+        if self._plan_key is not None and all(d.get(k) is m for d, k, m in self._plan_key[0]) \
+                and all(getattr(m, "weight", None) is w for m, w in self._plan_key[1]):
             return self._plan
         pi = tanh_mlp_linears(self.pi_trunk)
         vf = pi if self.vf_trunk is None else tanh_mlp_linears(self.vf_trunk)
@@ -304,11 +292,13 @@ class ActorCritic(nn.Module):
                 plan = (linear_params(pi), None)
             else:
                 plan = (linear_params([*pi, self.pi_head]), linear_params([*vf, self.vf_head]))
-        self._plan, self._plan_version = plan, _structure_version
+        slots = [(parent._modules, key, child) for parent in self.modules() for key, child in parent._modules.items()]
+        weights = [(m, m.weight) for _, _, m in slots if isinstance(getattr(m, "weight", None), Tensor)]
+        self._plan, self._plan_key = plan, (slots, weights)
         return plan
 
     def _apply(self, fn, *args, **kwargs):
-        self._plan_version = -1  # .to() / .double() may swap parameter objects without registering them
+        self._plan_key = None  # .to() / .double() may swap parameter objects
         return super()._apply(fn, *args, **kwargs)
 
     def _fused_forward(self, obs: Tensor) -> tuple[Tensor, Tensor] | None:
