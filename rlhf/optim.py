@@ -38,6 +38,7 @@ class FlatAdam(torch.optim.Adam):
             p.grad = self._grad_views[-1]
             offset += n
         super().__init__([self.flat], lr=lr, eps=eps, fused=True)
+        self._kernel_ok = True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the flat gradient in place (``set_to_none`` is ignored: gradients must stay views of it)."""
@@ -66,14 +67,20 @@ class FlatAdam(torch.optim.Adam):
             state["step"] = torch.zeros((), dtype=torch.float32, device=self.flat.device)
             state["exp_avg"] = torch.zeros_like(self.flat, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(self.flat, memory_format=torch.preserve_format)
-        if group["amsgrad"] or group["maximize"] or group["weight_decay"] or torch.is_tensor(group["lr"]):
+        if (not self._kernel_ok or group["amsgrad"] or group["maximize"] or group["weight_decay"]
+                or torch.is_tensor(group["lr"])):
             self.step()  # settings this shortcut does not cover
             return norm
-        state["step"] += 1
         beta1, beta2 = group["betas"]
-        torch._fused_adam_([self.flat], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
-                           amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
-                           eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+        state["step"] += 1
+        try:  # the kernel Adam(fused=True) calls, minus its Python bookkeeping; private, so guarded
+            torch._fused_adam_([self.flat], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+                               amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
+                               eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+        except (AttributeError, TypeError, RuntimeError):
+            state["step"] -= 1
+            self._kernel_ok = False  # another torch version: the public step from now on
+            self.step()
         return norm
 
     def load_state_dict(self, state_dict: dict) -> None:

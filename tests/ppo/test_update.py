@@ -146,3 +146,30 @@ def test_target_kl_stops_early():
     stats = ppo_update(policy, make_optimizer(policy, 0.1), batch, PPOConfig(batch_size=64, epochs=20, target_kl=1e-4),
                        Precision("fp32"), 0.2)
     assert stats["train/early_stop"] == 1.0 and stats["train/n_updates"] < 20
+
+
+def test_flat_adam_public_step_fallback_matches_kernel_path():
+    """If the private fused kernel is unavailable (another torch), ``clip_and_step`` uses ``step()``: same result."""
+    import copy
+
+    import gymnasium as gym
+
+    from rlhf.optim import make_optimizer
+    from rlhf.policies import ActorCritic
+    from rlhf.testing import synthetic_batch
+
+    env = gym.make("CartPole-v1")
+    torch.manual_seed(0)
+    p1 = ActorCritic(env.observation_space, env.action_space)
+    p2 = copy.deepcopy(p1)
+    o1, o2 = make_optimizer(p1, 1e-3), make_optimizer(p2, 1e-3)
+    o2._kernel_ok = False
+    batch = synthetic_batch(p1, 64)
+    for policy, opt in ((p1, o1), (p2, o2)):
+        for _ in range(3):
+            opt.zero_grad()
+            out, value = policy(batch.obs)
+            (out.sum() + value.sum()).backward()
+            opt.clip_and_step(0.5)
+    for a, b in zip(p1.parameters(), p2.parameters()):
+        assert torch.equal(a.detach(), b.detach())
