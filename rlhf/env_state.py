@@ -107,6 +107,4 @@ def _decode_tree(value: Any) -> Any:
         return [_decode_tree(v) for v in value["__list__"]]
     if isinstance(value, dict) and "__strarray__" in value:
         return np.array(value["__strarray__"])
-    if isinstance(value, dict) and "__rng__" in value:
-        return _decode(value, None)
     return _decode(value, None)

@@ -24,6 +24,7 @@ from rlhf.config import PPOConfig
 from rlhf.optim import make_optimizer
 from rlhf.ppo.update import Batch, ppo_update
 from rlhf.precision import Precision
+from rlhf.schedules import schedule_value
 
 
 def synthetic_batch(policy: nn.Module, n: int = 64, seed: int = 0, advantages: torch.Tensor | None = None,
@@ -56,7 +57,7 @@ def run_update(policy: nn.Module, batch: Batch, cfg: PPOConfig | None = None, lr
     """One full PPO update (all epochs and minibatches) with a fresh Adam optimizer."""
     cfg = cfg or PPOConfig(batch_size=min(64, len(batch)), epochs=4)
     optimizer = make_optimizer(policy, lr)
-    clip = clip_range if clip_range is not None else float(cfg.clip_range) if not isinstance(cfg.clip_range, str) else 0.2
+    clip = clip_range if clip_range is not None else schedule_value(cfg.clip_range, 1.0)
     return ppo_update(policy, optimizer, batch, cfg, precision or Precision("fp32"), clip, cfg.kl_coef)
 
 

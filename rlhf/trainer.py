@@ -78,7 +78,6 @@ class Trainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
         self.device = resolve_device(cfg.device)
         self.envs = make_vec_env(cfg.env, run_dir=self.run_dir)
         self.hooks = for_env(cfg.env.id)
