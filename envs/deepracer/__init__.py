@@ -16,7 +16,8 @@ from .rewards import (BUILTIN_REWARDS, DEFAULT_REWARD, RewardFunctionError, foll
 from .sim import STATUS_NAMES
 from .simtrace import COLUMNS as SIMTRACE_COLUMNS
 from .simtrace import SimTraceWriter, read_simtrace, replay, trajectories
-from .track import Track, TrackStack, as_track
+from .track import Track, TrackStack
+from .track_registry import as_track
 from .vector_env import DeepRacerVectorEnv
 
 ENV_ID = "DeepRacer-v0"

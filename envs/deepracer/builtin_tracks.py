@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .random_track import closed_catmull_rom, resample_closed, track_from_centerline
+from .geometry import closed_catmull_rom, resample_closed, smooth_closed, track_from_centerline
 from .track import Track
 
 _SKETCHES: dict[str, tuple[list[tuple[float, float]], float, int]] = {
@@ -24,15 +24,6 @@ _SKETCHES: dict[str, tuple[list[tuple[float, float]], float, int]] = {
                    (8.4, 2.4), (7.8, 3.4), (6.6, 3.3), (6.1, 4.1), (6.9, 4.9), (6.2, 5.9), (4.8, 6.1),
                    (4.1, 5.5), (3.8, 4.5), (2.9, 3.7), (1.9, 4.5), (0.9, 4.2), (0.5, 3.0), (0.7, 1.8)], 0.7, 9),
 }
-
-
-def _smooth_closed(points: np.ndarray, window: int) -> np.ndarray:
-    """Circular moving average: rounds off corners a sketch made too tight for the car."""
-    if window <= 1:
-        return points
-    kernel = np.ones(window) / window
-    padded = np.concatenate([points[-window:], points, points[:window]])
-    return np.stack([np.convolve(padded[:, d], kernel, "same")[window:-window] for d in range(2)], axis=1)
 
 
 def _oval() -> Track:
@@ -53,7 +44,7 @@ def _build(name: str) -> Track:
         return _oval()
     points, width, window = _SKETCHES[name]
     center = resample_closed(closed_catmull_rom(np.array(points), 48))
-    return track_from_centerline(resample_closed(_smooth_closed(center, window)), width, name)
+    return track_from_centerline(resample_closed(smooth_closed(center, window)), width, name)
 
 
 BUILTIN_TRACKS = ("oval", "circuit", "technical")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-WHEELBASE = 0.165          # m, front to rear axle
-AXLE_TRACK = 0.16          # m, left to right wheel
+from .track import WHEELBASE  # the wheel layout lives with the on-track rule
+
 CAR_LENGTH = 0.26          # m, body (for drawing)
 CAR_WIDTH = 0.20           # m
 MAX_STEERING_DEG = 30.0
@@ -19,12 +19,6 @@ DT = 1.0 / STEPS_PER_SECOND
 MAX_ACCEL = 3.0            # m/s^2 when speeding up
 MAX_BRAKE = 5.0            # m/s^2 when slowing down
 MAX_LATERAL_ACCEL = 6.0    # m/s^2 grip limit: v^2 * curvature is capped at this
-
-
-def wheel_offsets() -> np.ndarray:
-    """Wheel contact points (4, 2) in the car frame relative to its centre: (forward, left)."""
-    f, s = WHEELBASE / 2, AXLE_TRACK / 2
-    return np.array([[f, s], [f, -s], [-f, s], [-f, -s]])
 
 
 def step_cars(x: np.ndarray, y: np.ndarray, yaw: np.ndarray, speed: np.ndarray,

@@ -12,7 +12,7 @@ from .builtin_tracks import DEFAULT_TRACK
 from .car import DT, STEPS_PER_SECOND
 from .rewards import RewardSpec
 from .sim import LAP_COMPLETE, STATUS_NAMES
-from .track import TrackLike
+from .track_registry import TrackLike
 from .vector_env import DEFAULT_MAX_EPISODE_STEPS, DeepRacerCore
 
 

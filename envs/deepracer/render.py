@@ -10,7 +10,8 @@ import numpy as np
 from .car import CAR_LENGTH, CAR_WIDTH
 from .imageio import write_gif, write_png
 from .raster import TrackRaster
-from .track import Track, as_track
+from .track import Track
+from .track_registry import as_track
 
 _COLORS = np.array([[46, 120, 50],     # grass
                     [90, 90, 96],      # road

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from . import car
-from .random_track import generate_random_track
-from .track import Track, TrackLike, TrackStack, as_track
+from .track import Track, TrackStack, wheel_offsets
+from .track_registry import RANDOM, TrackLike, as_track, is_random
 
 STATUS_NAMES = ("in_progress", "lap_complete", "off_track", "reversed", "immobilized", "time_up")
 IN_PROGRESS, LAP_COMPLETE, OFF_TRACK, REVERSED, IMMOBILIZED, TIME_UP = range(6)
@@ -23,7 +23,6 @@ REVERSED_STEPS = 15          # consecutive steps of lost progress that end an ep
 IMMOBILIZED_STEPS = 30       # consecutive steps (2 s) below IMMOBILIZED_SPEED that end an episode
 IMMOBILIZED_SPEED = 0.05     # m/s
 START_ADVANCE = 0.05         # fraction of a lap the training start moves on each episode
-RANDOM_TRACK_WAYPOINTS = 160
 RANDOM_TRACK_WINDOW = 10      # projection search half-window: fixed, so checkpoints replay exactly
 
 _STATE_KEYS = ("x", "y", "yaw", "speed", "steer", "speed_cmd", "seg", "t", "s", "offset", "start_s",
@@ -52,11 +51,10 @@ class RaceSim:
         self.n = num_cars
         self.training = bool(training)
         self.max_episode_steps = int(max_episode_steps)
-        self.random_tracks = isinstance(track, str) and track == "random"
+        self.random_tracks = is_random(track)
         self.rng = np.random.default_rng(seed)
         if self.random_tracks:
-            self.tracks: list[Track] = [generate_random_track(self.rng, num_waypoints=RANDOM_TRACK_WAYPOINTS)
-                                        for _ in range(num_cars)]
+            self.tracks: list[Track] = [as_track(RANDOM, self.rng) for _ in range(num_cars)]
         else:
             self.tracks = [as_track(track)]
         self.stack = TrackStack.from_tracks(self.tracks, window=RANDOM_TRACK_WINDOW if self.random_tracks else None)
@@ -83,7 +81,7 @@ class RaceSim:
         self.wheels = np.ones((n, 4), dtype=bool)
         self.status = np.zeros(n, dtype=np.int64)
         self.episode_id = np.zeros(n, dtype=np.int64)
-        self._wheel_offsets = car.wheel_offsets()
+        self._wheel_offsets = wheel_offsets()
         self._track_len = self.stack.length[self.tid]
         self._rows = np.arange(n)
 
@@ -104,7 +102,7 @@ class RaceSim:
             return
         for i in idx:
             if self.random_tracks:
-                tr = generate_random_track(self.rng, num_waypoints=RANDOM_TRACK_WAYPOINTS)
+                tr = as_track(RANDOM, self.rng)
                 self.tracks[i] = tr
                 self.stack.set_track(int(i), tr)
             length = self.stack.length[self.tid[i]]
@@ -228,6 +226,6 @@ class RaceSim:
         self.start_counter = int(state["start_counter"])
         self.episode_counter = int(state["episode_counter"])
         if self.random_tracks:
-            self.tracks = [Track(w, name="random") for w in state["track_waypoints"]]
+            self.tracks = [Track(w, name=RANDOM) for w in state["track_waypoints"]]
             self.stack = TrackStack.from_tracks(self.tracks, window=RANDOM_TRACK_WINDOW)
         self._track_len = self.stack.length[self.tid]

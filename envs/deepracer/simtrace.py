@@ -11,7 +11,7 @@ import numpy as np
 
 from .params import make_params
 from .rewards import RewardSpec, call_reward, load_reward_function
-from .track import TrackLike, as_track
+from .track_registry import TrackLike, as_track
 
 COLUMNS = ("episode", "steps", "X", "Y", "yaw", "steer", "throttle", "action", "reward", "done",
            "all_wheels_on_track", "progress", "closest_waypoint", "track_len", "tstamp", "episode_status")

@@ -6,6 +6,9 @@ loop whose last row repeats the first. Waypoint indices are kept exactly as give
 
 Batched queries (many cars, possibly many tracks of equal size) work on a :class:`TrackStack`, the
 structure-of-arrays form that the simulator uses; the scalar :class:`Track` methods call the same code.
+
+This module imports no sibling: everything else in the package builds on it (names and files become
+tracks in :mod:`track_registry`, sketches in :mod:`geometry`).
 """
 from __future__ import annotations
 
@@ -17,7 +20,16 @@ import numpy as np
 
 FINE_SAMPLES = 1024  # uniform arc-length samples of the centre line, used for look-ahead queries
 
-TrackLike = Union["Track", str, Path, np.ndarray, Sequence[Sequence[float]]]
+# DeepRacer's on-track rule looks at the car's four wheels, so their layout lives with the rule;
+# the car's kinematics (car.py) use the same wheelbase.
+WHEELBASE = 0.165          # m, front to rear axle
+AXLE_TRACK = 0.16          # m, left to right wheel
+
+
+def wheel_offsets() -> np.ndarray:
+    """Wheel contact points (4, 2) in the car frame relative to its centre: (forward, left)."""
+    f, s = WHEELBASE / 2, AXLE_TRACK / 2
+    return np.array([[f, s], [f, -s], [-f, s], [-f, -s]])
 
 
 def _unit_directions(vec: np.ndarray) -> np.ndarray:
@@ -147,8 +159,6 @@ class Track:
 
     def wheels_on_track(self, x: float, y: float, heading_deg: float) -> np.ndarray:
         """Per-wheel on-track flags (front-left, front-right, rear-left, rear-right)."""
-        from .car import wheel_offsets  # local import keeps track.py free of car constants
-
         st = self.stack()
         tid = np.zeros(1, dtype=np.int64)
         p = st.project(tid, np.array([x], float), np.array([y], float))
@@ -281,19 +291,3 @@ class TrackStack:
         j = np.rint((s[:, None] + distances[None, :]) / ds[:, None]).astype(np.int64) % k
         return self.fine[tid[:, None], j]
 
-
-def as_track(spec: TrackLike) -> Track:
-    """Track from a Track, a built-in name, a ``.npy`` path or an (N, 6) array."""
-    if isinstance(spec, Track):
-        return spec
-    if isinstance(spec, (str, Path)):
-        from .builtin_tracks import BUILTIN_TRACKS, builtin_track
-
-        if isinstance(spec, str) and spec in BUILTIN_TRACKS:
-            return builtin_track(spec)
-        path = Path(spec)
-        if path.suffix == ".npy" or path.exists():
-            return Track(path)
-        raise ValueError(f"track={spec!r}: not a built-in track ({', '.join(sorted(BUILTIN_TRACKS))}, "
-                         f"'random') nor an existing .npy file")
-    return Track(np.asarray(spec))

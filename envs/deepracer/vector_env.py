@@ -22,7 +22,7 @@ from .observations import make_observer
 from .rewards import RewardSpec, call_reward, load_reward_function
 from .sim import LAP_COMPLETE, STATUS_ARRAY, RaceSim
 from .simtrace import SimTraceWriter
-from .track import TrackLike
+from .track_registry import TrackLike
 
 DEFAULT_MAX_EPISODE_STEPS = 2000
 
