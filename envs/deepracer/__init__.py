@@ -2,7 +2,7 @@
 
 ``import envs`` registers ``DeepRacer-v0``; ``gymnasium.make("DeepRacer-v0", **kwargs)`` gives the single
 env and ``gymnasium.make_vec("DeepRacer-v0", num_envs=N, vectorization_mode="vector_entry_point",
-**kwargs)`` the native batched one. See :class:`DeepRacerEnv` for the keyword arguments.
+**kwargs)`` the native batched one. The keyword arguments are the fields of :class:`RaceSpec`.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .rewards import (BUILTIN_REWARDS, DEFAULT_REWARD, RewardFunctionError, foll
 from .sim import STATUS_NAMES
 from .simtrace import COLUMNS as SIMTRACE_COLUMNS
 from .simtrace import SimTraceWriter, read_simtrace, replay, trajectories
+from .spec import RaceSpec
 from .track import Track, TrackStack
 from .track_registry import as_track
 from .vector_env import DeepRacerVectorEnv
@@ -34,7 +35,7 @@ def register() -> None:
 
 
 __all__ = [
-    "ENV_ID", "register", "DeepRacerEnv", "DeepRacerVectorEnv", "Track", "TrackStack", "as_track",
+    "ENV_ID", "register", "DeepRacerEnv", "DeepRacerVectorEnv", "RaceSpec", "Track", "TrackStack", "as_track",
     "BUILTIN_TRACKS", "DEFAULT_TRACK", "builtin_track", "generate_random_track", "ActionSpec",
     "DEFAULT_DISCRETE_ACTIONS", "load_model_metadata", "RewardFunctionError", "load_reward_function",
     "BUILTIN_REWARDS", "DEFAULT_REWARD", "follow_center_line", "stay_inside_borders", "prevent_zigzag",

@@ -1,46 +1,23 @@
 """The single-car DeepRacer environment (a one-car batch of the same simulator)."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from .actions import DEFAULT_SPEED_RANGE, DEFAULT_STEERING_RANGE
-from .builtin_tracks import DEFAULT_TRACK
 from .car import DT, STEPS_PER_SECOND
-from .rewards import RewardSpec
 from .sim import LAP_COMPLETE, STATUS_NAMES
-from .track_registry import TrackLike
-from .vector_env import DEFAULT_MAX_EPISODE_STEPS, DeepRacerCore
+from .spec import RaceSpec
+from .vector_env import DeepRacerCore
 
 
 class DeepRacerEnv(gym.Env):
     """A DeepRacer-like time trial: one car, one track.
 
-    Args:
-        track: built-in name ("oval", "circuit" (default), "technical"), "random" (a new generated track
-            every episode), a DeepRacer ``.npy`` path, an (N, 6) array or a :class:`Track`.
-        action_space_type: "discrete" (default) or "continuous".
-        actions: discrete actions as [{"steering_angle": deg, "speed": m/s}, ...]; default the console's
-            5 steering angles (-30..30) x 2 speeds (0.5, 1.0).
-        model_metadata: path to a DeepRacer model_metadata.json; its action space overrides the above.
-        steering_range, speed_range: (low, high) of the continuous action space; a Box [-1, 1]^2 action
-            [steering, speed] is scaled linearly onto them.
-        observation: "features" (default), "lidar" or "camera".
-        lidar_rays, lidar_range, lidar_fov: lidar fan (default 19 rays, 2 m, 180 degrees).
-        reward_function: callable ``reward_function(params)``, path to a .py defining it, or a built-in
-            name ("progress_speed" (default), "follow_center_line", "stay_inside_borders",
-            "prevent_zigzag").
-        max_episode_steps: truncate (episode_status "time_up") after this many steps (15 per second).
-            Note: ``gym.make`` keeps its own ``max_episode_steps`` argument for gymnasium's TimeLimit
-            wrapper (truncated=True, status stays "in_progress"); ``make_vec`` and direct construction
-            pass it here.
-        training: True = each episode starts 5 % of a lap further round (DeepRacer training);
-            False = evaluation, every episode starts on the start line.
-        simtrace_path: write a DeepRacer simtrace CSV of every step there.
-        render_mode: None or "rgb_array" (top-down view).
+    Keyword arguments: ``render_mode`` (None or "rgb_array", a top-down view) and the race options, the
+    fields of :class:`envs.deepracer.spec.RaceSpec` (track, action space, sensor, reward function,
+    episode length, training starts, simtrace log).
 
     ``info``: ``progress`` (percent of a lap), ``episode_status`` ("in_progress", "lap_complete",
     "off_track", "reversed", "immobilized", "time_up") and, on a completed lap, ``lap_time`` (seconds).
@@ -48,19 +25,10 @@ class DeepRacerEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": STEPS_PER_SECOND}
 
-    def __init__(self, track: TrackLike = DEFAULT_TRACK, action_space_type: str = "discrete",
-                 actions: Sequence[dict] | None = None, model_metadata: str | Path | None = None,
-                 steering_range: Sequence[float] = DEFAULT_STEERING_RANGE,
-                 speed_range: Sequence[float] = DEFAULT_SPEED_RANGE, observation: str = "features",
-                 lidar_rays: int = 19, lidar_range: float = 2.0, lidar_fov: float = 180.0,
-                 reward_function: RewardSpec | None = None, max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
-                 training: bool = True, simtrace_path: str | Path | None = None,
-                 render_mode: str | None = None):
+    def __init__(self, *, render_mode: str | None = None, **options: Any):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}: allowed None or 'rgb_array'")
-        self.core = DeepRacerCore(1, track, action_space_type, actions, model_metadata, steering_range,
-                                  speed_range, observation, lidar_rays, lidar_range, lidar_fov,
-                                  reward_function, max_episode_steps, training, simtrace_path)
+        self.core = DeepRacerCore(1, RaceSpec(**options))
         self.render_mode = render_mode
         self.action_space = self.core.actions.space()
         self.observation_space = self.core.observer.space

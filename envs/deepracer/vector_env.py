@@ -8,43 +8,40 @@ terminated = truncated = False.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .actions import DEFAULT_SPEED_RANGE, DEFAULT_STEERING_RANGE, action_spec_from_kwargs
-from .builtin_tracks import DEFAULT_TRACK
+from .actions import action_spec_from_kwargs
 from .car import DT, STEPS_PER_SECOND
 from .observations import make_observer
-from .rewards import RewardSpec, call_reward, load_reward_function
+from .rewards import call_reward, load_reward_function
 from .sim import LAP_COMPLETE, STATUS_ARRAY, RaceSim
 from .simtrace import SimTraceWriter
-from .track_registry import TrackLike
-
-DEFAULT_MAX_EPISODE_STEPS = 2000
+from .spec import RaceSpec
 
 
 class DeepRacerCore:
-    """Everything both envs share: simulator, action mapping, sensor, reward and simtrace logging."""
+    """Everything both envs share: simulator, action mapping, sensor, reward and simtrace logging.
 
-    def __init__(self, num_cars: int, track: TrackLike = DEFAULT_TRACK, action_space_type: str = "discrete",
-                 actions: Sequence[dict] | None = None, model_metadata: str | Path | None = None,
-                 steering_range: Sequence[float] = DEFAULT_STEERING_RANGE,
-                 speed_range: Sequence[float] = DEFAULT_SPEED_RANGE, observation: str = "features",
-                 lidar_rays: int = 19, lidar_range: float = 2.0, lidar_fov: float = 180.0,
-                 reward_function: RewardSpec | None = None, max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
-                 training: bool = True, simtrace_path: str | Path | None = None, seed: int | None = None):
-        self.actions = action_spec_from_kwargs(action_space_type, actions, steering_range, speed_range,
-                                               model_metadata)
-        self.sim = RaceSim(num_cars, track, training=training, max_episode_steps=max_episode_steps, seed=seed)
-        self.observation_kind = observation
-        self.observer = make_observer(observation, self.actions.max_speed, lidar_rays, lidar_range, lidar_fov)
-        self.reward_fn = load_reward_function(reward_function)
+    Args:
+        num_cars: cars simulated together.
+        spec: the race's options (the envs' keyword arguments).
+        seed: seed of the simulator's generator (random tracks draw from it); ``reset(seed=...)`` reseeds.
+    """
+
+    def __init__(self, num_cars: int, spec: RaceSpec, seed: int | None = None):
+        self.actions = action_spec_from_kwargs(spec.action_space_type, spec.actions, spec.steering_range,
+                                               spec.speed_range, spec.model_metadata)
+        self.sim = RaceSim(num_cars, spec.track, training=spec.training,
+                           max_episode_steps=spec.max_episode_steps, seed=seed)
+        self.observer = make_observer(spec.observation, self.actions.max_speed, spec.lidar_rays,
+                                      spec.lidar_range, spec.lidar_fov)
+        self.reward_fn = load_reward_function(spec.reward_function)
         self.vectorized_reward = getattr(self.reward_fn, "vectorized", None)
-        self.simtrace = SimTraceWriter(simtrace_path) if simtrace_path is not None else None
+        self.simtrace = SimTraceWriter(spec.simtrace_path) if spec.simtrace_path is not None else None
 
     def observe(self) -> np.ndarray:
         return self.observer(self.sim)
@@ -84,8 +81,9 @@ class DeepRacerCore:
 
 
 class DeepRacerVectorEnv(VectorEnv):
-    """N DeepRacer cars in one process, stepped in numpy (see :class:`envs.deepracer.DeepRacerEnv` for
-    the keyword arguments; ``num_envs`` is the number of cars).
+    """N DeepRacer cars in one process, stepped in numpy. ``num_envs`` is the number of cars, ``seed``
+    seeds the simulator's generator, and the other keyword arguments are the fields of
+    :class:`envs.deepracer.spec.RaceSpec`, as for :class:`envs.deepracer.DeepRacerEnv`.
 
     ``info`` holds arrays with gymnasium ``_key`` masks: ``progress`` (percent), ``episode_status``
     (DeepRacer's words), ``lap_time`` (seconds, only where a lap was completed this step).
@@ -94,10 +92,11 @@ class DeepRacerVectorEnv(VectorEnv):
     metadata = {"render_modes": ["rgb_array"], "render_fps": STEPS_PER_SECOND,
                 "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, num_envs: int = 1, render_mode: str | None = None, **kwargs: Any):
+    def __init__(self, num_envs: int = 1, render_mode: str | None = None, *, seed: int | None = None,
+                 **options: Any):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}: allowed None or 'rgb_array'")
-        self.core = DeepRacerCore(num_envs, **kwargs)
+        self.core = DeepRacerCore(num_envs, RaceSpec(**options), seed=seed)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.metadata = dict(self.metadata)
