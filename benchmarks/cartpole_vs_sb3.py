@@ -75,9 +75,9 @@ def run_ours(seed: int, steps: int, vectorization: str) -> tuple[float, float, P
                        "logging.tensorboard=false", "logging.progress_bar=false", "checkpoint.every=0"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, tmp)
-        timer = PhaseTimer()  # collect = stepping the envs + GAE (as in SB3's collect_rollouts); update = the rest
-        trainer.collector.collect = timer.wrap("collect", trainer.collector.collect)
-        trainer.rollout.batch = timer.wrap("collect", trainer.rollout.batch)
+        timer = PhaseTimer()  # collect = stepping + scoring + GAE (as in SB3's collect_rollouts); update = the rest
+        trainer.collect = timer.wrap("collect", trainer.collect)
+        trainer.relabel = timer.wrap("collect", trainer.relabel)
         trainer.iteration = timer.wrap("iteration", trainer.iteration, counts_iterations=True)
         t0 = time.perf_counter()
         trainer.train()

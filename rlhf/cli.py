@@ -76,7 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_model_size(args: argparse.Namespace) -> int:
     from rlhf.config import load_config
     from rlhf.precision import format_model_size_table, model_size_table
-    from rlhf.trainer import build_policy
+    from rlhf.build import build_policy
     from rlhf.vec_env import make_vec_env
 
     target = Path(args.target)

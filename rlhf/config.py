@@ -87,6 +87,9 @@ class PPOConfig(Section):
     policy_loss: Literal["clip", "kl_penalty"] = "clip"
     kl_coef: float = Field(1.0, ge=0.0, description="initial beta of the kl_penalty loss")
     kl_target: float = Field(0.01, gt=0.0, description="d_targ: beta halves below d/1.5, doubles above 1.5d")
+    optimizer: Literal["auto", "adam", "flat_adam"] = Field(
+        "auto", description="adam: torch Adam; flat_adam: the same Adam over one flat buffer (faster for small "
+                            "nets); auto: flat_adam when the parameters share a dtype and device")
     console_ranges: bool = Field(False, description="hold values to the DeepRacer console's ranges")
 
     _check_schedules = field_validator("learning_rate", "clip_range")(_positive_schedule)
@@ -142,6 +145,13 @@ class PolicyConfig(Section):
     normalize_obs: bool = Field(False, description="running mean/std, saved with checkpoints")
     log_std_init: float = 0.0
     cnn_features: int = Field(512, ge=1)
+    fused: Literal["auto", "on", "off"] = Field(
+        "auto", description="run tanh actor/critic MLPs as one autograd node (rlhf.fused_mlp); off: layer by layer")
+
+    @field_validator("fused", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
 
     @field_validator("hidden_sizes")
     @classmethod

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 
+from rlhf.build import build_policy, resolve_device
 from rlhf.checkpoint import latest_checkpoint, load_checkpoint
 from rlhf.config import Config, load_config
 from rlhf.errors import ConfigError
 from rlhf.integrations import for_env
-from rlhf.trainer import build_policy, resolve_device
+from rlhf.rollout import Collector, make_rollout
 from rlhf.vec_env import make_vec_env
 
 
@@ -53,10 +55,31 @@ def deployed(policy, cfg: Config):
     return policy
 
 
-@torch.inference_mode()
+class FrameRecorder(gym.vector.VectorWrapper):
+    """Keeps the first sub-env's rendered frame after the reset and after each step of its first episode."""
+
+    def __init__(self, env) -> None:
+        super().__init__(env)
+        self.frames: list[np.ndarray] = []
+        self.recording = True
+
+    def reset(self, **kwargs):
+        out = self.env.reset(**kwargs)
+        self.frames.append(_frame(self.env.render()))
+        return out
+
+    def step(self, actions):
+        out = self.env.step(actions)
+        if self.recording:
+            self.frames.append(_frame(self.env.render()))
+            self.recording = not (out[2][0] or out[3][0])
+        return out
+
+
 def run_episodes(policy, cfg: Config, episodes: int, deterministic: bool = True, seed: int | None = None,
                  run_dir: str | Path | None = None, video: str | Path | None = None) -> dict:
-    """Play ``episodes`` full episodes in one env with ``eval_kwargs`` applied; summarise them.
+    """Play ``episodes`` full episodes in one env with ``eval_kwargs`` applied, through the training
+    collector's stepping (one episode per collect, so memory stays one episode); summarise them.
 
     With ``video``, the first episode is rendered (``render_mode="rgb_array"``) and saved as a GIF.
     """
@@ -64,32 +87,20 @@ def run_episodes(policy, cfg: Config, episodes: int, deterministic: bool = True,
     if video is not None:
         extra["render_mode"] = "rgb_array"
     envs = make_vec_env(cfg.env, num_envs=1, extra_kwargs=extra, run_dir=run_dir)
+    if video is not None:
+        envs = FrameRecorder(envs)
     device = next(iter([*policy.parameters(), *policy.buffers()]), torch.empty(0)).device
-    obs, _ = envs.reset(seed=cfg.seed + 10_000 if seed is None else seed)
-    returns, lengths, infos, frames = [], [], [], []
-    ep_ret, ep_len = 0.0, 0
+    collector = Collector(envs, device, stats_window=episodes)
+    rollout = make_rollout(envs, 512)
     try:
-        while len(returns) < episodes:
-            if video is not None and not returns:
-                frames.append(_frame(envs.render()))
-            actions, _, _ = policy.act(torch.as_tensor(obs, device=device), deterministic=deterministic)
-            env_actions = policy.env_actions(actions)
-            next_obs, reward, terminated, truncated, info = envs.step(env_actions)
-            ep_ret += float(reward[0])
-            ep_len += 1
-            if terminated[0] or truncated[0]:
-                returns.append(ep_ret)
-                lengths.append(ep_len)
-                infos.append({k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in info.items()
-                              if not k.startswith("_") and isinstance(v, np.ndarray) and info.get("_" + k, [True])[0]})
-                ep_ret, ep_len = 0.0, 0
-                # NEXT_STEP autoreset (checked in make_vec_env): the next step only resets the env.
-                next_obs, *_ = envs.step(env_actions)
-            obs = next_obs
+        collector.reset(seed=cfg.seed + 10_000 if seed is None else seed)
+        for _ in range(episodes):
+            collector.collect(policy, rollout, episodes=1, deterministic=deterministic)
     finally:
         envs.close()
     if video is not None:
-        save_gif(frames, video, fps=envs.metadata.get("render_fps", 30))
+        save_gif(envs.frames, video, fps=envs.metadata.get("render_fps", 30))
+    returns, lengths, infos = list(collector.stats.returns), list(collector.stats.lengths), list(collector.stats.infos)
     result = {
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),

@@ -1,14 +1,20 @@
 """The learner's optimizer: Adam with eps 1e-5 (as in the PPO reference implementations).
 
-``make_optimizer`` returns a ``FlatAdam``: ordinary fused Adam whose single parameter is one flat buffer
-holding all of the module's trainable parameters. A PPO step on a small MLP is dominated by per-tensor
-overhead (zero_grad, the global grad-norm clip and Adam each loop over every weight and bias), so
-making them one tensor each is worth a lot; the arithmetic is unchanged.
+``make_optimizer(policy, lr, kind)``: ``adam`` is plain ``torch.optim.Adam`` (fused where the dtypes
+allow); ``flat_adam`` is ``FlatAdam``, the same Adam over one flat buffer holding every trainable
+parameter. A PPO step on a small MLP is dominated by per-tensor overhead (zero_grad, the global
+grad-norm clip and Adam each loop over every weight and bias), so one tensor instead of a dozen is
+worth a lot; the arithmetic is unchanged (tested against plain Adam). ``auto`` picks ``flat_adam``
+when the parameters share a float dtype and a device, ``adam`` otherwise.
 """
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from rlhf.errors import ConfigError
+
+OPTIMIZERS = ("auto", "adam", "flat_adam")
 
 
 class FlatAdam(torch.optim.Adam):
@@ -16,15 +22,22 @@ class FlatAdam(torch.optim.Adam):
 
     Each parameter keeps its name, shape and place in the module (``state_dict`` is unchanged); only its
     storage moves into ``self.flat``. Each parameter's ``.grad`` is a view into ``self.flat.grad``, so
-    autograd accumulates straight into the flat gradient and the usual ``zero_grad`` / backward / clip /
-    ``step`` sequence (including ``torch.amp.GradScaler``) works as with plain Adam. Two differences:
+    autograd accumulates straight into the flat gradient and the usual zero_grad / backward / clip /
+    ``step`` sequence (``torch.amp.GradScaler`` included) works as with plain Adam. Differences:
     ``zero_grad`` zeroes in place instead of setting gradients to None (they must stay views), so a
-    parameter that got no gradient is stepped with a zero gradient; and moving or casting the module
-    after building the optimizer detaches it from the buffer (build the optimizer last, as the trainer does).
+    parameter that got no gradient is stepped with a zero gradient; moving or casting the module after
+    building the optimizer detaches it from the buffer (build the optimizer last, as the trainer does);
+    ``step`` calls the fused Adam kernel directly, skipping ``Optimizer.step``'s Python bookkeeping, and
+    falls back to the public ``step`` if that private kernel is missing or its signature changed.
     """
+
+    _step_supports_amp_scaling = False  # GradScaler checks inf/NaN itself and skips our step if needed
 
     def __init__(self, params: list[nn.Parameter], lr: float, eps: float = 1e-5) -> None:
         self.module_params = list(params)
+        if not self.module_params or len({(p.dtype, p.device) for p in self.module_params}) != 1 \
+                or not self.module_params[0].dtype.is_floating_point:
+            raise ValueError("FlatAdam needs trainable parameters of one float dtype on one device")
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1) for p in self.module_params])
         self.flat = nn.Parameter(flat)
@@ -38,7 +51,7 @@ class FlatAdam(torch.optim.Adam):
             p.grad = self._grad_views[-1]
             offset += n
         super().__init__([self.flat], lr=lr, eps=eps, fused=True)
-        self._kernel_ok = True
+        self.kernel_ok = True  # False: use the public Adam.step (set on the first failure, or by hand)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the flat gradient in place (``set_to_none`` is ignored: gradients must stay views of it)."""
@@ -50,41 +63,30 @@ class FlatAdam(torch.optim.Adam):
                 p.grad = g
 
     @torch.no_grad()
-    def clip_and_step(self, max_grad_norm: float | None) -> Tensor:
-        """Global grad-norm clip (as ``clip_grad_norm_``) and one Adam step, each a single op on the flat
-        buffers. The fp32 fast path of ``ppo_update``; the result equals clip_grad_norm_ + ``step()``
-        up to float rounding of the norm. Returns the norm before clipping (a tensor: no sync)."""
-        grad = self.flat.grad
-        norm = torch.linalg.vector_norm(grad)
-        if max_grad_norm is not None and grad.is_cpu:  # reading a CPU scalar is free: skip the tensor ops
-            coef = max_grad_norm / (float(norm) + 1e-6)
-            if coef < 1.0:
-                grad.mul_(coef)
-        elif max_grad_norm is not None:
-            grad.mul_(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
+    def step(self, closure=None):
+        """One Adam step on the flat buffer: the kernel ``Adam(fused=True)`` runs, called directly."""
         group, state = self.param_groups[0], self.state[self.flat]
+        if (closure is not None or not self.kernel_ok or group["amsgrad"] or group["maximize"]
+                or group["weight_decay"] or torch.is_tensor(group["lr"])):
+            return super().step(closure)
         if not state:  # what Adam's fused path creates on its first step
             state["step"] = torch.zeros((), dtype=torch.float32, device=self.flat.device)
             state["exp_avg"] = torch.zeros_like(self.flat, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(self.flat, memory_format=torch.preserve_format)
-        if (not self._kernel_ok or group["amsgrad"] or group["maximize"] or group["weight_decay"]
-                or torch.is_tensor(group["lr"])):
-            self.step()  # settings this shortcut does not cover
-            return norm
         beta1, beta2 = group["betas"]
         state["step"] += 1
-        try:  # the kernel Adam(fused=True) calls, minus its Python bookkeeping; private, so guarded
-            torch._fused_adam_([self.flat], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
-                               amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
-                               eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+        try:
+            torch._fused_adam_([self.flat], [self.flat.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [],
+                               [state["step"]], amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                               weight_decay=0.0, eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
         except (AttributeError, TypeError, RuntimeError):
             state["step"] -= 1
-            self._kernel_ok = False  # another torch version: the public step from now on
-            self.step()
-        return norm
+            self.kernel_ok = False  # another torch version: the public step from now on
+            return super().step()
+        return None
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Also accepts the state of a plain Adam over the same parameters (checkpoints before FlatAdam)."""
+        """Also accepts the state of a plain Adam over the same parameters (``optimizer: adam`` checkpoints)."""
         params = state_dict["param_groups"][0]["params"]
         if len(state_dict["param_groups"]) == 1 and len(params) == len(self.module_params) > 1:
             per_param = [state_dict["state"].get(i, {}) for i in params]
@@ -97,11 +99,16 @@ class FlatAdam(torch.optim.Adam):
         super().load_state_dict(state_dict)
 
 
-def make_optimizer(policy: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters: a ``FlatAdam`` when they share a float dtype and a device,
-    otherwise plain Adam (fused where the dtypes allow: one kernel launch per step)."""
+def make_optimizer(policy: nn.Module, lr: float, kind: str = "auto") -> torch.optim.Optimizer:
+    """Adam (eps 1e-5) over the trainable parameters, flat-buffer or plain; see the module docstring."""
     params = [p for p in policy.parameters() if p.requires_grad]
-    if params and len({(p.dtype, p.device) for p in params}) == 1 and params[0].dtype.is_floating_point:
+    flat_ok = bool(params) and len({(p.dtype, p.device) for p in params}) == 1 and params[0].dtype.is_floating_point
+    if kind not in OPTIMIZERS:
+        raise ConfigError(f"ppo.optimizer = {kind!r}: allowed values are {', '.join(OPTIMIZERS)}")
+    if kind == "flat_adam" and not flat_ok:
+        raise ConfigError("ppo.optimizer = 'flat_adam': the trainable parameters do not share one float dtype and "
+                          "device; use 'adam' or 'auto'")
+    if kind == "flat_adam" or (kind == "auto" and flat_ok):
         return FlatAdam(params, lr=lr, eps=1e-5)
     fused = all(p.dtype.is_floating_point for p in params)
     return torch.optim.Adam(params, lr=lr, eps=1e-5, fused=fused or None)

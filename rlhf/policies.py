@@ -16,6 +16,9 @@ from torch.nn import functional as F
 
 from rlhf.config import PolicyConfig
 from rlhf.errors import ConfigError
+from rlhf.fused_mlp import fused_tanh_mlps, linear_params, tanh_mlp_linears, why_not_fusable
+from rlhf.normalize import RunningMeanStd
+from rlhf.precision import float32_region
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -29,11 +32,6 @@ def categorical_sample(logits: Tensor, deterministic: bool = False) -> Tensor:
     if deterministic:
         return logits.argmax(-1)
     return (logits - torch.empty_like(logits).exponential_().log_()).argmax(-1)
-
-
-def categorical_logp(logits: Tensor, actions: Tensor) -> Tensor:
-    """Log-probability of ``actions`` alone: what rollouts need (the entropy would be thrown away)."""
-    return F.log_softmax(logits.float(), dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
 
 def categorical_logp_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
@@ -51,132 +49,6 @@ def gaussian_logp_entropy(mean: Tensor, log_std: Tensor, actions: Tensor) -> tup
     logp = (-0.5 * z.pow(2) - log_std - _LOG_SQRT_2PI).sum(-1)
     entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum(-1).expand(mean.shape[:-1])
     return logp, entropy
-
-
-# ----------------------------------------------------------------------------- observation normalisation
-
-class RunningMeanStd(nn.Module):
-    """Running mean/variance of observations (parallel Welford), kept as buffers so checkpoints hold it."""
-
-    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, eps: float = 1e-8) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
-        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
-        self.clip, self.eps = clip, eps
-
-    @torch.no_grad()
-    def update(self, x: Tensor) -> None:
-        x = x.reshape(-1, *self.mean.shape).double()
-        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + n
-        self.mean += delta * n / total
-        m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
-
-    def forward(self, x: Tensor) -> Tensor:
-        mean, std = self.mean.to(x.dtype), torch.sqrt(self.var + self.eps).to(x.dtype)
-        return torch.clamp((x - mean) / std, -self.clip, self.clip)
-
-
-# ----------------------------------------------------------------------------- fused tanh MLP
-
-def _tanh_mlp_forward(x: Tensor, params: tuple[Tensor, ...], tanh_last: bool) -> list[Tensor]:
-    """Activations ``[x, h1, ..., out]`` of Linear layers ``params = (W1, b1, W2, b2, ...)`` with tanh
-    between them (and after the last one if ``tanh_last``).
-
-    On large tensors tanh(z) is computed as 2 sigmoid(2z) - 1 with 2z straight out of addmm: aten::tanh goes
-    through MKL's VML, which takes a slow scalar path on some CPUs (AMD), and this is the same function in
-    under half the time on a (256, 64) batch. Small tensors keep aten::tanh, where the extra ops cost more.
-    """
-    hs, n = [x], len(params) // 2
-    for i in range(n):
-        w, b = params[2 * i], params[2 * i + 1]
-        if i == n - 1 and not tanh_last:
-            x = torch.addmm(b, x, w.t())
-        elif x.shape[0] * w.shape[0] < 4096:
-            x = torch.addmm(b, x, w.t()).tanh_()
-        else:
-            x = torch.sigmoid_(torch.addmm(b, x, w.t(), beta=2.0, alpha=2.0)).mul_(2.0).sub_(1.0)
-        hs.append(x)
-    return hs
-
-
-class _TanhMLP(torch.autograd.Function):
-    """Tanh MLPs (``_tanh_mlp_forward``) that read the same input - the actor and the critic - as one
-    autograd node with a hand-written backward.
-
-    Why: for 64-unit MLPs on a few hundred CPU samples, autograd's per-op bookkeeping and nn.Module calls
-    cost as much as the arithmetic. One node for both networks instead of ~4 per layer makes a PPO
-    gradient step markedly cheaper; the gradients are autograd's (tested to float rounding).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, tanh_last: bool, depths: tuple[int, ...], *params: Tensor) -> tuple[Tensor, ...]:
-        outs, saved, start = [], [], 0
-        for depth in depths:
-            net = params[start:start + 2 * depth]
-            start += 2 * depth
-            hs = _tanh_mlp_forward(x, net, tanh_last)
-            outs.append(hs[-1])
-            saved += [*hs[:-1], *net[0::2], *hs[-1:]] if tanh_last else [*hs[:-1], *net[0::2]]
-        ctx.tanh_last, ctx.depths = tanh_last, depths
-        ctx.save_for_backward(*saved)
-        return tuple(outs)
-
-    @staticmethod
-    def backward(ctx, *out_grads: Tensor):
-        saved, start = ctx.saved_tensors, 0
-        x_grad, grads = None, []
-        for depth, grad in zip(ctx.depths, out_grads):
-            hs, weights = saved[start:start + depth], saved[start + depth:start + 2 * depth]
-            if ctx.tanh_last:
-                grad = torch.ops.aten.tanh_backward(grad, saved[start + 2 * depth])
-            start += 2 * depth + ctx.tanh_last
-            net_grads: list[Tensor | None] = [None] * (2 * depth)
-            for i in reversed(range(depth)):
-                # dW = g' h, computed as (h' g)' when the layer is wider than its input: same numbers, but
-                # MKL is several times faster when the short side of the product comes first
-                w = weights[i]
-                wide = w.shape[1] < w.shape[0]
-                net_grads[2 * i] = torch.mm(hs[i].t(), grad).t() if wide else torch.mm(grad.t(), hs[i])
-                net_grads[2 * i + 1] = grad.sum(0)
-                if i > 0:
-                    grad = torch.ops.aten.tanh_backward(torch.mm(grad, w), hs[i])
-                elif ctx.needs_input_grad[0]:
-                    x_grad = torch.mm(grad, w) if x_grad is None else x_grad.addmm_(grad, w)
-            grads += net_grads
-        return x_grad, None, None, *grads
-
-
-def tanh_mlp_linears(trunk: nn.Module) -> list[nn.Linear] | None:
-    """The Linear layers of ``Sequential(Flatten, Sequential(Linear, Tanh, Linear, Tanh, ...))`` when every
-    one is exactly ``nn.Linear`` with a bias and every activation exactly ``nn.Tanh``; None otherwise
-    (another activation, a CNN trunk, or layers swapped for quantized / QAT ones)."""
-    if not isinstance(trunk, nn.Sequential) or len(trunk) != 2 or not isinstance(trunk[1], nn.Sequential):
-        return None
-    layers = list(trunk[1])
-    linears = layers[0::2]
-    if (any(type(a) is not nn.Tanh for a in layers[1::2])
-            or any(type(m) is not nn.Linear or m.bias is None for m in linears)):
-        return None
-    return linears
-
-
-def linear_params(linears: list[nn.Module]) -> tuple[Tensor, ...]:
-    return tuple(t for layer in linears for t in (layer.weight, layer.bias))
-
-
-def fused_tanh_mlps(nets: tuple[tuple[Tensor, ...], ...], x: Tensor, tanh_last: bool = False) -> tuple[Tensor, ...]:
-    """Tanh MLPs on the same input, each given as its Linear layers ``(W1, b1, W2, b2, ...)``, with tanh
-    between layers (and after the last if ``tanh_last``): one ``_TanhMLP`` autograd node when a gradient
-    is wanted, plain ops otherwise (rollouts)."""
-    params = tuple(t for net in nets for t in net)
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-        return _TanhMLP.apply(x, tanh_last, tuple(len(net) // 2 for net in nets), *params)
-    return tuple(_tanh_mlp_forward(x, net, tanh_last)[-1] for net in nets)
 
 
 # ----------------------------------------------------------------------------- networks
@@ -214,9 +86,16 @@ class NatureCNN(nn.Module):
 class ActorCritic(nn.Module):
     """Policy and value function for a Box/Discrete gymnasium task.
 
-    ``act`` is what rollouts call (sample, log-prob, value); ``evaluate`` is what the PPO update calls
-    (log-prob of stored actions, entropy, value). Box actions come from a diagonal Gaussian with a
-    state-independent log-std; the sample is stored unclipped and clipped only for the env.
+    Rollouts call ``sample_actions`` (the policy network alone); the rollout is then scored, and the PPO
+    update trains, through ``evaluate_actions`` - one function, so the stored log-probs are exactly what
+    the first minibatch recomputes. Box actions come from a diagonal Gaussian with a state-independent
+    log-std; the sample is stored unclipped and clipped only for the env (``env_actions``).
+
+    ``fused`` ("auto" | "on" | "off"): run the actor and critic tanh MLPs as one autograd node
+    (``rlhf.fused_mlp``). "auto" uses it when the trunk is a tanh MLP; "on" refuses any other trunk. At
+    each call the fast path still steps aside, for that call only, under autocast, for another input dtype,
+    or when a layer is no longer a plain ``nn.Linear`` (quantized rollout copies, QAT) or has a hook;
+    ``fused_path(obs)`` names the reason.
     """
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: PolicyConfig | None = None) -> None:
@@ -253,8 +132,11 @@ class ActorCritic(nn.Module):
         self.vf_head = nn.Linear(latent, 1)
         if cfg.ortho_init:
             self._orthogonal_init()
-        self.fused = True  # run plain tanh MLPs as one autograd node each (see _TanhMLP); False: layer by layer
-        self._plan, self._plan_key = None, None
+        tanh_mlp = tanh_mlp_linears(self.pi_trunk) is not None
+        if cfg.fused == "on" and not tanh_mlp:
+            raise ConfigError(f"policy.fused = 'on': the fused path runs tanh MLPs only, and this trunk is "
+                              f"{'a CNN' if self.image else repr(cfg.activation) + ' MLP'}; use 'auto' or 'off'")
+        self.fused = cfg.fused != "off" and tanh_mlp
 
     def _orthogonal_init(self) -> None:
         """SB3/CleanRL init: sqrt(2) gain in the trunk, 0.01 on the policy head, 1 on the value head."""
@@ -265,111 +147,74 @@ class ActorCritic(nn.Module):
         nn.init.orthogonal_(self.pi_head.weight, 0.01)
         nn.init.orthogonal_(self.vf_head.weight, 1.0)
 
+    # ------------------------------------------------------------------ forward passes
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (logits or Gaussian mean, value), both fp32."""
-        if self.obs_rms is not None:
-            obs = self.obs_rms(obs)
-        fused = self._fused_forward(obs) if self.fused else None
-        if fused is not None:
-            return fused
+        obs = self._normalize(obs)
+        if self.fused_path(obs) is None:
+            return self._fused_forward(obs)
         pi_latent = self.pi_trunk(obs)
         vf_latent = pi_latent if self.vf_trunk is None else self.vf_trunk(obs)
         return self.pi_head(pi_latent).float(), self.vf_head(vf_latent).float().squeeze(-1)
 
-    def _fused_plan(self) -> tuple | None:
-        """(pi params, vf params) for ``fused_tanh_mlps`` - trunk and head as one network each; or
-        (trunk params, None) for a shared trunk - or None when some layer is not a plain Linear / Tanh.
-        Cached with the exact module and parameter objects it was built from, so swapping a layer
-        (as rlhf.precision does in its copies) or a parameter rebuilds it."""
-        if self._plan_key is not None and all(d.get(k) is m for d, k, m in self._plan_key[0]) \
-                and all(getattr(m, "weight", None) is w for m, w in self._plan_key[1]):
-            return self._plan
-        pi = tanh_mlp_linears(self.pi_trunk)
-        vf = pi if self.vf_trunk is None else tanh_mlp_linears(self.vf_trunk)
-        plan = None
-        if pi is not None and vf is not None and type(self.pi_head) is nn.Linear and type(self.vf_head) is nn.Linear:
-            if self.vf_trunk is None:
-                plan = (linear_params(pi), None)
-            else:
-                plan = (linear_params([*pi, self.pi_head]), linear_params([*vf, self.vf_head]))
-        slots = [(parent._modules, key, child) for parent in self.modules() for key, child in parent._modules.items()]
-        weights = [(m, m.weight) for _, _, m in slots if isinstance(getattr(m, "weight", None), Tensor)]
-        self._plan, self._plan_key = plan, (slots, weights)
-        return plan
-
-    def _apply(self, fn, *args, **kwargs):
-        self._plan_key = None  # .to() / .double() may swap parameter objects
-        return super()._apply(fn, *args, **kwargs)
-
-    def _fused_forward(self, obs: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``forward`` with each network (trunk + head) as one ``_TanhMLP`` node; None where that does not
-        apply: autocast on, input dtype not the weights', or any layer that is not a plain Linear / Tanh.
-        Per-layer forward hooks do not run on this path; set ``policy.fused = False`` if you need them."""
-        plan = self._fused_plan()
-        if plan is None or torch.is_autocast_enabled(obs.device.type):
-            return None
-        pi, vf = plan
-        if pi and obs.dtype != pi[0].dtype:
-            return None
-        if obs.dim() != 2:
-            obs = obs.flatten(1)
-        if vf is None:  # shared trunk: tanh after its last layer too, then the two heads
-            latent = fused_tanh_mlps((pi,), obs, tanh_last=True)[0] if pi else obs
-            return self.pi_head(latent).float(), self.vf_head(latent).float().squeeze(-1)
-        logits, value = fused_tanh_mlps((pi, vf), obs)
-        return logits, value.squeeze(-1)
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample actions for a batch of observations: (actions, log-probs, values)."""
-        if torch.is_grad_enabled():  # rollouts already run without grad: skip the no_grad context there
-            with torch.no_grad():
-                return self.act(obs, deterministic)
-        out, value = self(obs)
-        actions = self._sample(out, deterministic)
-        if self.continuous:
-            logp, _ = gaussian_logp_entropy(out, self.log_std, actions)
-        else:
-            logp = categorical_logp(out, actions)
-        return actions, logp, value
-
-    def sample_actions(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        """Actions alone, from the policy network alone. The collector steps envs with this and takes the
-        log-probs and values of the whole rollout afterwards in one batched pass, which costs far less
-        than computing them (and running the critic) at every step."""
-        if torch.is_grad_enabled():
-            with torch.no_grad():
-                return self.sample_actions(obs, deterministic)
-        return self._sample(self.policy_out(obs), deterministic)
-
-    def _sample(self, out: Tensor, deterministic: bool) -> Tensor:
-        if self.continuous:
-            return out if deterministic else out + torch.randn_like(out) * self.log_std.float().exp()
-        return categorical_sample(out, deterministic)
-
     def policy_out(self, obs: Tensor) -> Tensor:
         """``forward``'s first output (logits or Gaussian mean, fp32) without running the critic."""
-        if self.obs_rms is not None:
-            obs = self.obs_rms(obs)
-        plan = self._fused_plan() if self.fused else None
-        if (plan is not None and plan[1] is not None and obs.dtype == plan[0][0].dtype
-                and not torch.is_autocast_enabled(obs.device.type)):
-            return fused_tanh_mlps((plan[0],), obs if obs.dim() == 2 else obs.flatten(1))[0]
+        obs = self._normalize(obs)
+        if self.vf_trunk is not None and self.fused_path(obs) is None:
+            pi = linear_params([*tanh_mlp_linears(self.pi_trunk), self.pi_head])
+            return fused_tanh_mlps((pi,), obs.flatten(1))[0]
         return self.pi_head(self.pi_trunk(obs)).float()
 
-    def evaluate(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Log-probs of stored actions, entropies and values, with gradients: (logp, entropy, value)."""
+    def _normalize(self, obs: Tensor) -> Tensor:
+        return obs if self.obs_rms is None else self.obs_rms(obs)
+
+    def fused_path(self, obs: Tensor) -> str | None:
+        """None when this call can take the fused path; otherwise why it runs layer by layer."""
+        if not self.fused:
+            return "policy.fused is off (or the trunk is not a tanh MLP)"
+        if torch.is_autocast_enabled(obs.device.type):
+            return "autocast is on"
+        pi = tanh_mlp_linears(self.pi_trunk)
+        vf = [] if self.vf_trunk is None else tanh_mlp_linears(self.vf_trunk)
+        if pi is None or vf is None:
+            return "a trunk is no longer a tanh MLP"
+        reason = why_not_fusable([*pi, *vf, self.pi_head, self.vf_head])
+        if reason is None and obs.dtype != self.pi_head.weight.dtype:
+            reason = f"input dtype {obs.dtype} is not the weights' {self.pi_head.weight.dtype}"
+        return reason
+
+    def _fused_forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        obs = obs.flatten(1) if obs.dim() != 2 else obs
+        pi = tanh_mlp_linears(self.pi_trunk)
+        if self.vf_trunk is None:  # shared trunk: tanh after its last layer too, then the two heads
+            latent = fused_tanh_mlps((linear_params(pi),), obs, tanh_last=True)[0] if pi else obs
+            return self.pi_head(latent).float(), self.vf_head(latent).float().squeeze(-1)
+        vf = tanh_mlp_linears(self.vf_trunk)
+        logits, value = fused_tanh_mlps((linear_params([*pi, self.pi_head]), linear_params([*vf, self.vf_head])), obs)
+        return logits, value.squeeze(-1)
+
+    # ------------------------------------------------------------------ what rollouts and PPO call
+    def sample_actions(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Actions alone, from the policy network alone: the collector steps envs with this and scores the
+        whole rollout afterwards in one batched ``evaluate_actions`` pass, far cheaper than per step."""
+        with torch.no_grad():
+            out = self.policy_out(obs)
+            if self.continuous:
+                return out if deterministic else out + torch.randn_like(out) * self.log_std.float().exp()
+            return categorical_sample(out, deterministic)
+
+    def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log-prob of ``actions``, entropy, value), fp32, with gradients: the ``ppo_update`` protocol.
+
+        The trunk may run under the caller's autocast; the distribution always runs in fp32.
+        """
         out, value = self(obs)
-        return (*self.logp_entropy(out, actions), value)
-
-    def logp_entropy(self, out: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """Distribution step, kept apart from ``forward`` so it can run outside autocast in fp32."""
-        if self.continuous:
-            return gaussian_logp_entropy(out, self.log_std, actions)
-        return categorical_logp_entropy(out, actions)
-
-    @torch.no_grad()
-    def value(self, obs: Tensor) -> Tensor:
-        return self(obs)[1]
+        with float32_region():
+            if self.continuous:
+                logp, entropy = gaussian_logp_entropy(out, self.log_std, actions)
+            else:
+                logp, entropy = categorical_logp_entropy(out, actions)
+        return logp, entropy, value.float()
 
     def env_actions(self, actions: Tensor) -> np.ndarray:
         """What the env receives: Box actions clipped to its bounds, Discrete as integers."""

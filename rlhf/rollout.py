@@ -1,5 +1,9 @@
 """Rollout storage and collection from a gymnasium VectorEnv.
 
+The collector only steps the envs (the actor picks actions); ``score_rollout`` then computes every step's
+log-prob and value in a few batched ``evaluate_actions`` passes - the one place a rollout is scored,
+whether by the network that acted or, for a low-precision actor, by the learner.
+
 Vector envs in gymnasium 1.x reset a finished sub-env on the *next* ``step`` call (NEXT_STEP
 autoreset): the step that ends an episode returns its final observation, and the following step
 ignores the action and returns the reset observation with reward 0. We store that following step
@@ -9,18 +13,17 @@ which is exactly the bootstrap GAE needs for a truncated episode, so no extra fo
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from rlhf.policies import RunningMeanStd
+from rlhf.normalize import RewardScaler
 from rlhf.ppo.advantages import gae
 from rlhf.ppo.update import Batch
 
 STATS_WINDOW = 100  # episodes behind rollout/ep_rew_mean, as in Stable-Baselines3
-EVAL_CHUNK = 4096  # rows per forward pass when a rollout's log-probs and values are computed after collection
+SCORE_CHUNK = 4096  # rows per forward pass when a rollout is scored after collection
 
 
 class Rollout:
@@ -81,49 +84,59 @@ class Rollout:
                      flat(advantages), flat(returns))
 
 
-class RewardScaler:
-    """Divide rewards by the running std of the discounted return (Stable-Baselines3's VecNormalize)."""
-
-    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0) -> None:
-        self.rms = RunningMeanStd(())
-        self.ret = np.zeros(num_envs)
-        self.gamma, self.clip = gamma, clip
-
-    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
-        self.ret = self.ret * self.gamma + rewards
-        self.rms.update(torch.as_tensor(self.ret))
-        self.ret[dones] = 0.0
-        return np.clip(rewards / np.sqrt(float(self.rms.var) + 1e-8), -self.clip, self.clip)
-
-    def state_dict(self) -> dict:
-        return {"rms": self.rms.state_dict(), "ret": torch.as_tensor(self.ret)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rms.load_state_dict(state["rms"])
-        self.ret = state["ret"].numpy().copy()
+def make_rollout(envs, capacity: int) -> Rollout:
+    """Storage shaped for ``envs``' spaces: uint8 images stay uint8, Discrete actions are int64."""
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
+    discrete = not act_space.shape
+    act_shape, act_dtype = ((), torch.int64) if discrete else (act_space.shape, torch.float32)
+    return Rollout(envs.num_envs, obs_space.shape, obs_dtype, act_shape, act_dtype, capacity)
 
 
-@dataclass
+def score_rollout(policy, rollout: Rollout, last_obs: Tensor, device: torch.device) -> Tensor:
+    """Store every collected step's log-prob and value under ``policy``; return V(``last_obs``).
+
+    Runs ``policy.evaluate_actions`` - the call the PPO update makes - in chunks, so the stored log-probs
+    are exactly what the update's first minibatch recomputes (ratio 1). ``last_obs`` rides along in the
+    last chunk with placeholder actions: only its value is used, for GAE's bootstrap.
+    """
+    T, N = rollout.t, rollout.num_envs
+    obs = torch.cat([rollout.obs.reshape(T * N, *rollout.obs.shape[2:]).to(device), last_obs.to(device)])
+    actions = rollout.actions.reshape(T * N, *rollout.actions.shape[2:]).to(device)
+    actions = torch.cat([actions, actions[:N]])  # T >= 1: a collect takes at least one step
+    logps, values = [], []
+    for o, a in zip(obs.split(SCORE_CHUNK), actions.split(SCORE_CHUNK)):
+        logp, _, value = policy.evaluate_actions(o, a)
+        logps.append(logp)
+        values.append(value)
+    logp, value = torch.cat(logps).float().cpu(), torch.cat(values).float().cpu()
+    rollout.data["logp"][:T] = logp[: T * N].reshape(T, N)
+    rollout.data["values"][:T] = value[: T * N].reshape(T, N)
+    return value[T * N:]
+
+
 class EpisodeStats:
-    """Returns, lengths and final infos of the most recent finished episodes."""
+    """Returns, lengths and final infos of the ``window`` most recent finished episodes."""
 
-    returns: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
-    lengths: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
-    infos: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
-    total: int = 0
+    def __init__(self, window: int = STATS_WINDOW) -> None:
+        self.returns: deque = deque(maxlen=window)
+        self.lengths: deque = deque(maxlen=window)
+        self.infos: deque = deque(maxlen=window)
+        self.total = 0
 
 
 class Collector:
     """Steps a VectorEnv with an actor network and fills a ``Rollout``; keeps what spans rollouts."""
 
-    def __init__(self, envs, device: torch.device, reward_scaler: RewardScaler | None = None) -> None:
+    def __init__(self, envs, device: torch.device, reward_scaler: RewardScaler | None = None,
+                 stats_window: int = STATS_WINDOW) -> None:
         self.envs, self.device, self.reward_scaler = envs, device, reward_scaler
         n = envs.num_envs
         self.obs: np.ndarray | None = None
         self.prev_done = np.zeros(n, dtype=bool)
         self.ep_return = np.zeros(n)
         self.ep_length = np.zeros(n, dtype=np.int64)
-        self.stats = EpisodeStats()
+        self.stats = EpisodeStats(stats_window)
 
     def reset(self, seed: int | None) -> None:
         self.obs, _ = self.envs.reset(seed=seed)
@@ -133,26 +146,14 @@ class Collector:
 
     @torch.inference_mode()
     def collect(self, actor, rollout: Rollout, n_steps: int | None = None, episodes: int | None = None,
-                on_step=None) -> Tensor:
-        """Fill ``rollout`` for ``n_steps`` vector steps, or until ``episodes`` episodes finished.
-
-        Returns V(s) of the observation after the last step, for GAE's bootstrap. An actor with
-        ``sample_actions`` (``ActorCritic``) only picks actions while stepping; the log-probs and values
-        of the whole rollout then come from one batched pass (the actor does not change while collecting,
-        so they are the same numbers for a fraction of the per-step cost). Other actors' ``act`` supplies
-        them step by step.
-        """
+                deterministic: bool = False) -> Tensor:
+        """Fill ``rollout`` for ``n_steps`` vector steps, or until ``episodes`` episodes finished; return the
+        observation after the last step (for the bootstrap value). ``actor`` needs ``sample_actions`` and
+        ``env_actions``; log-probs and values are filled in afterwards by ``score_rollout``."""
         rollout.reset()
-        sample = getattr(actor, "sample_actions", None)
-        stats: dict[str, Tensor] = {}
         finished = 0
         while (rollout.t < n_steps) if n_steps is not None else (finished < episodes):
-            obs_t = torch.as_tensor(self.obs, device=self.device)
-            if sample is not None:
-                actions = sample(obs_t)
-            else:
-                actions, logp, values = actor.act(obs_t)
-                stats = {"logp": logp, "values": values}
+            actions = actor.sample_actions(torch.as_tensor(self.obs, device=self.device), deterministic)
             next_obs, rewards, terminated, truncated, infos = self.envs.step(actor.env_actions(actions))
             valid = ~self.prev_done
             done = terminated | truncated
@@ -163,27 +164,9 @@ class Collector:
                 self._record(done, infos)
             train_rewards = self.reward_scaler(rewards, done) if self.reward_scaler else rewards
             rollout.add(obs=self.obs, actions=actions, rewards=train_rewards, terminations=terminated,
-                        dones=done, valid=valid, **stats)
-            if on_step is not None:
-                on_step(self.obs, actions, rewards, done, infos)
+                        dones=done, valid=valid)
             self.obs, self.prev_done = next_obs, done
-        last_obs = torch.as_tensor(self.obs, device=self.device)
-        if sample is None:
-            return actor.value(last_obs).cpu()
-        return self._evaluate(actor, rollout, last_obs)
-
-    def _evaluate(self, actor, rollout: Rollout, last_obs: Tensor) -> Tensor:
-        """Store log-probs and values of every collected step, computed in batches; return V(last_obs)."""
-        T, N = rollout.t, rollout.num_envs
-        obs = rollout.obs.reshape(T * N, *rollout.obs.shape[2:]).to(self.device)
-        obs = torch.cat([obs, last_obs.to(obs.dtype)])
-        outs, values = zip(*(actor(chunk) for chunk in obs.split(EVAL_CHUNK)))
-        out, value = (torch.cat(outs), torch.cat(values)) if len(outs) > 1 else (outs[0], values[0])
-        actions = rollout.actions.reshape(T * N, *rollout.actions.shape[2:]).to(self.device)
-        logp, _ = actor.logp_entropy(out[: T * N], actions)
-        rollout.data["logp"][:T] = logp.reshape(T, N).cpu()
-        rollout.data["values"][:T] = value[: T * N].reshape(T, N).cpu()
-        return value[T * N:].float().cpu()
+        return torch.as_tensor(self.obs, device=self.device)
 
     def _record(self, done: np.ndarray, infos: dict) -> None:
         for i in np.flatnonzero(done):

@@ -3,14 +3,14 @@
     from rlhf.testing import synthetic_batch, assert_ratio_starts_at_one, assert_update_changes_parameters
 
     def test_my_policy_learns():
-        policy = MyPolicy(obs_space, action_space)        # anything with act / evaluate / forward
+        policy = MyPolicy(obs_space, action_space)
         batch = synthetic_batch(policy, n=128, seed=0)
         assert_ratio_starts_at_one(policy, batch)
         assert_update_changes_parameters(policy, batch)
 
-A policy here is any ``nn.Module`` with the ``ActorCritic`` interface: ``act(obs)`` ->
-(actions, logp, values), ``forward(obs)`` -> (logits or mean, values), ``logp_entropy(out, actions)``,
-and ``obs_space`` / ``action_space`` attributes.
+A policy here is any ``nn.Module`` that ``ppo_update`` can train: ``evaluate_actions(obs, actions)`` ->
+(logp, entropy, values) (see ``rlhf.ppo.update.EvaluatesActions``), plus, for ``synthetic_batch``,
+``sample_actions(obs)`` and an ``obs_space`` attribute.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf.build import ppo_settings
 from rlhf.config import PPOConfig
 from rlhf.optim import make_optimizer
-from rlhf.ppo.update import Batch, ppo_update
+from rlhf.ppo.update import Batch, PPOSettings, ppo_update
 from rlhf.precision import Precision
-from rlhf.schedules import schedule_value
 
 
 def synthetic_batch(policy: nn.Module, n: int = 64, seed: int = 0, advantages: torch.Tensor | None = None,
@@ -32,8 +32,8 @@ def synthetic_batch(policy: nn.Module, n: int = 64, seed: int = 0, advantages: t
     """A batch of ``n`` observations sampled from the policy's observation space, acted on by the policy.
 
     Advantages and returns are seeded standard normals unless ``advantages`` is given; stored log-probs
-    and values are the policy's own (computed in ``precision``'s autocast, as the trainer collects), so
-    the first PPO ratio must be exactly 1.
+    and values are the policy's own ``evaluate_actions`` (in ``precision``'s autocast, as the trainer
+    scores a rollout), so the first PPO ratio must be exactly 1.
     """
     space = policy.obs_space
     space.seed(seed)
@@ -44,30 +44,35 @@ def synthetic_batch(policy: nn.Module, n: int = 64, seed: int = 0, advantages: t
     torch.manual_seed(seed)
     was_training = policy.training
     policy.eval()
-    with (precision or Precision("fp32")).autocast():
-        actions, logp, values = policy.act(obs)
+    with torch.no_grad(), (precision or Precision("fp32")).autocast():
+        actions = policy.sample_actions(obs)
+        logp, _, values = policy.evaluate_actions(obs, actions)
     policy.train(was_training)
     adv = torch.randn(n, generator=g) if advantages is None else advantages.float()
     returns = values + torch.randn(n, generator=g)
     return Batch(obs, actions, logp.float(), values.float(), adv, returns)
 
 
-def run_update(policy: nn.Module, batch: Batch, cfg: PPOConfig | None = None, lr: float = 3e-4,
-               precision: Precision | None = None, clip_range: float | None = None) -> dict[str, float]:
-    """One full PPO update (all epochs and minibatches) with a fresh Adam optimizer."""
-    cfg = cfg or PPOConfig(batch_size=min(64, len(batch)), epochs=4)
-    optimizer = make_optimizer(policy, lr)
-    clip = clip_range if clip_range is not None else schedule_value(cfg.clip_range, 1.0)
-    return ppo_update(policy, optimizer, batch, cfg, precision or Precision("fp32"), clip, cfg.kl_coef)
+def _settings(cfg: PPOSettings | PPOConfig | None, n: int) -> PPOSettings:
+    if isinstance(cfg, PPOSettings):
+        return cfg
+    return ppo_settings(cfg or PPOConfig(batch_size=min(64, n), epochs=4))
+
+
+def run_update(policy: nn.Module, batch: Batch, cfg: PPOSettings | PPOConfig | None = None, lr: float = 3e-4,
+               precision: Precision | None = None) -> dict[str, float]:
+    """One full PPO update (all epochs and minibatches) with a fresh Adam optimizer.
+
+    ``cfg`` is a ``PPOSettings`` or a ``PPOConfig`` (schedules read at their start values); default: batch
+    size 64, 4 epochs.
+    """
+    return ppo_update(policy, make_optimizer(policy, lr), batch, _settings(cfg, len(batch)), precision)
 
 
 def first_minibatch_ratio(policy: nn.Module, batch: Batch, precision: Precision | None = None) -> torch.Tensor:
     """The PPO ratio exp(logp_new - logp_old) before any optimizer step."""
-    precision = precision or Precision("fp32")
-    with torch.no_grad():
-        with precision.autocast():
-            out, _ = policy(batch.obs)
-        logp, _ = policy.logp_entropy(out, batch.actions)
+    with torch.no_grad(), (precision or Precision("fp32")).autocast():
+        logp, _, _ = policy.evaluate_actions(batch.obs, batch.actions)
     return torch.exp(logp - batch.logp)
 
 
@@ -78,7 +83,7 @@ def assert_ratio_starts_at_one(policy: nn.Module, batch: Batch, precision: Preci
     assert worst == 0.0, f"first-minibatch PPO ratio differs from 1 by up to {worst:.3g}"
 
 
-def assert_update_changes_parameters(policy: nn.Module, batch: Batch, cfg: PPOConfig | None = None) -> None:
+def assert_update_changes_parameters(policy: nn.Module, batch: Batch, cfg: PPOSettings | PPOConfig | None = None) -> None:
     """Every trainable parameter that receives gradient must move after one update."""
     before = {k: v.detach().clone() for k, v in policy.named_parameters()}
     run_update(policy, batch, cfg)
@@ -86,7 +91,7 @@ def assert_update_changes_parameters(policy: nn.Module, batch: Batch, cfg: PPOCo
     assert not unchanged, f"parameters did not change after a PPO update: {unchanged}"
 
 
-def assert_finite_update(policy: nn.Module, batch: Batch, cfg: PPOConfig | None = None,
+def assert_finite_update(policy: nn.Module, batch: Batch, cfg: PPOSettings | PPOConfig | None = None,
                          precision: Precision | None = None) -> dict[str, float]:
     """Losses, statistics, gradients and parameters after one update are all finite."""
     stats = run_update(policy, batch, cfg, precision=precision)
@@ -101,7 +106,7 @@ def assert_finite_update(policy: nn.Module, batch: Batch, cfg: PPOConfig | None 
 
 
 def assert_moves_toward_positive_advantage(policy: nn.Module, n: int = 128, seed: int = 0,
-                                           cfg: PPOConfig | None = None) -> None:
+                                           cfg: PPOSettings | PPOConfig | None = None) -> None:
     """Random +1/-1 advantages: after an update, the mean log-probability of the +1 actions rises and
     that of the -1 actions falls."""
     batch = synthetic_batch(policy, n=n, seed=seed)
@@ -109,10 +114,10 @@ def assert_moves_toward_positive_advantage(policy: nn.Module, n: int = 128, seed
     sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
     batch.advantages = sign
     reference = copy.deepcopy(policy)
-    run_update(policy, batch, cfg or PPOConfig(batch_size=n, epochs=4, normalize_advantage=False), lr=1e-3)
+    run_update(policy, batch, cfg or PPOSettings(batch_size=n, epochs=4, normalize_advantage=False), lr=1e-3)
     with torch.no_grad():
-        new_logp, _ = policy.logp_entropy(policy(batch.obs)[0], batch.actions)
-        old_logp, _ = reference.logp_entropy(reference(batch.obs)[0], batch.actions)
+        new_logp = policy.evaluate_actions(batch.obs, batch.actions)[0]
+        old_logp = reference.evaluate_actions(batch.obs, batch.actions)[0]
     delta = new_logp - old_logp
     up, down = float(delta[sign > 0].mean()), float(delta[sign < 0].mean())
     assert up > 0 > down, f"log-prob of positive-advantage actions changed by {up:.3g}, negative by {down:.3g}"

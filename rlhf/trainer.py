@@ -1,4 +1,4 @@
-"""The gym training loop: collect -> GAE -> PPO update -> log -> checkpoint, resumable bit for bit."""
+"""The gym training loop: collect -> relabel -> update -> metrics -> checkpoint, resumable bit for bit."""
 from __future__ import annotations
 
 import contextlib
@@ -9,36 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlhf.build import build_optimizer, build_policy, build_precision, ppo_settings, resolve_device
 from rlhf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlhf.config import Config, save_config
 from rlhf.env_state import get_env_state, set_env_state
 from rlhf.errors import ConfigError
 from rlhf.integrations import for_env
 from rlhf.logger import Logger
-from rlhf.optim import make_optimizer
-from rlhf.policies import ActorCritic
-from rlhf.ppo.update import adapt_kl_coef, ppo_update
-from rlhf.precision import Precision
-from rlhf.rollout import Collector, RewardScaler, Rollout
+from rlhf.normalize import RewardScaler
+from rlhf.ppo.update import Batch, adapt_kl_coef, ppo_update
+from rlhf.rollout import Collector, make_rollout, score_rollout
 from rlhf.schedules import schedule_value
 from rlhf.vec_env import make_vec_env
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device = 'cuda': no CUDA device is available (allowed here: auto, cpu)")
-    return torch.device(name)
-
-
-def build_policy(cfg: Config, obs_space, action_space, device: torch.device) -> ActorCritic:
-    policy = ActorCritic(obs_space, action_space, cfg.policy)
-    if cfg.precision.qat:
-        from rlhf.precision import prepare_qat
-
-        policy = prepare_qat(policy, cfg.precision.qat)
-    return policy.to(device)
 
 
 class StopFlag:
@@ -83,18 +65,12 @@ class Trainer:
         self.hooks = for_env(cfg.env.id)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         self.policy = build_policy(cfg, obs_space, act_space, self.device)
-        self.optimizer = make_optimizer(self.policy, schedule_value(cfg.ppo.learning_rate, 1.0))
-        try:
-            self.precision = Precision(cfg.precision.train, self.device, model=self.policy)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self.optimizer = build_optimizer(cfg, self.policy)
+        self.precision = build_precision(cfg, self.policy, self.device)
         self.actor = self._make_actor()
         scaler = RewardScaler(self.envs.num_envs, cfg.ppo.discount_factor) if cfg.ppo.normalize_reward else None
         self.collector = Collector(self.envs, self.device, scaler)
-        obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
-        act_shape, act_dtype = ((), torch.int64) if not self.policy.continuous else (act_space.shape, torch.float32)
-        capacity = cfg.ppo.rollout_steps if cfg.ppo.episodes_between_updates is None else 256
-        self.rollout = Rollout(self.envs.num_envs, obs_space.shape, obs_dtype, act_shape, act_dtype, capacity)
+        self.rollout = make_rollout(self.envs, cfg.ppo.rollout_steps if cfg.ppo.episodes_between_updates is None else 256)
         self.global_step, self.updates, self.kl_coef = 0, 0, cfg.ppo.kl_coef
         self.last_stats: dict[str, float] = {}
         if resume:
@@ -124,6 +100,7 @@ class Trainer:
         if self.updates == 0:
             logger.text("config", "```yaml\n" + (self.run_dir / "config.yaml").read_text() + "\n```")
             logger.hparams(_flat_hparams(cfg), ("rollout/ep_rew_mean", "train/value_loss"))
+        logger.console.print(f"learner: {self.describe_paths()}")
         next_ckpt = self._next_checkpoint_step()
         try:
             with StopFlag() as stop:
@@ -141,80 +118,97 @@ class Trainer:
             self.envs.close()
         return self.last_stats
 
+    def describe_paths(self) -> str:
+        """Which fast paths the learner takes, and why not where it does not (never a silent change)."""
+        obs = torch.zeros(1, *self.envs.single_observation_space.shape, device=self.device)
+        with self.precision.autocast():
+            why = self.policy.fused_path(obs.float() if not self.policy.image else obs)
+        mlp = "fused tanh MLP" if why is None else f"layer-by-layer MLP ({why})"
+        return f"{mlp}, {type(self.optimizer).__name__}, precision {self.precision.mode}"
+
     def _next_checkpoint_step(self) -> int:
         every = self.cfg.checkpoint.every
         return (self.global_step // every + 1) * every if every else self.cfg.total_timesteps
 
     def iteration(self) -> dict[str, float]:
-        """One collect + update cycle. Returns the stats logged for it."""
-        cfg, ppo = self.cfg, self.cfg.ppo
+        """One collect -> relabel -> update cycle. Returns the stats logged for it."""
         t0 = time.perf_counter()
-        progress_remaining = max(1.0 - self.global_step / cfg.total_timesteps, 0.0)
-        lr = schedule_value(ppo.learning_rate, progress_remaining)
-        clip_range = schedule_value(ppo.clip_range, progress_remaining)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        progress_remaining = max(1.0 - self.global_step / self.cfg.total_timesteps, 0.0)
+        last_obs = self.collect()
+        batch, extra = self.relabel(last_obs)
+        t_collect = time.perf_counter() - t0
+        stats = self.update(batch, progress_remaining)
+        stats.update(extra)
+        stats["time/collect_seconds"] = t_collect
+        stats["time/update_seconds"] = time.perf_counter() - t0 - t_collect
+        stats.update(self.metrics())
+        self.last_stats = stats
+        return stats
 
+    def collect(self) -> torch.Tensor:
+        """Step the envs with the acting network; returns the observation after the last step."""
+        ppo = self.cfg.ppo
         self.policy.eval()
         n_steps = ppo.rollout_steps if ppo.episodes_between_updates is None else None
-        # the learner collects in its own training precision, so stored log-probs match the update's
+        # the learner acts in its own training precision; a low-precision actor copy in its own
         mode = self.precision.autocast() if self.actor is self.policy else contextlib.nullcontext()
         with mode:
-            last_value = self.collector.collect(self.actor, self.rollout, n_steps, ppo.episodes_between_updates)
+            last_obs = self.collector.collect(self.actor, self.rollout, n_steps, ppo.episodes_between_updates)
         self.global_step += self.rollout.t * self.envs.num_envs
+        return last_obs
+
+    @torch.inference_mode()
+    def relabel(self, last_obs: torch.Tensor) -> tuple[Batch, dict[str, float]]:
+        """Score the rollout with the learner (log-probs and values, in its training precision), then GAE.
+
+        When a lower-precision copy acted, the learner's log-probs replace the actor's: PPO's ratio is then
+        learner/learner (exactly 1 on the first minibatch) and GAE uses the learner's critic; the actions
+        stay samples from a policy ``precision/actor_learner_kl`` away (k1 estimate of KL(actor || learner)).
+        """
         extra: dict[str, float] = {}
         if self.actor is not self.policy:
-            last_value, extra = self._off_policy_correction()
-        batch = self.rollout.batch(last_value, ppo.discount_factor, ppo.gae_lambda)
-        t_collect = time.perf_counter() - t0
+            score_rollout(self.actor, self.rollout, last_obs, self.device)
+            actor_logp = self.rollout.logp.clone()
+        with self.precision.autocast():
+            last_value = score_rollout(self.policy, self.rollout, last_obs, self.device)
+        if self.actor is not self.policy:
+            extra["precision/actor_learner_kl"] = float((actor_logp - self.rollout.logp)[self.rollout.valid].mean())
+        ppo = self.cfg.ppo
+        return self.rollout.batch(last_value, ppo.discount_factor, ppo.gae_lambda), extra
 
+    def update(self, batch: Batch, progress_remaining: float) -> dict[str, float]:
+        """One PPO update at the scheduled learning rate and clip range; adapts the KL coefficient."""
+        ppo = self.cfg.ppo
+        lr = schedule_value(ppo.learning_rate, progress_remaining)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.policy.train()
-        stats = ppo_update(self.policy, self.optimizer, batch, ppo, self.precision, clip_range, self.kl_coef)
+        stats = ppo_update(self.policy, self.optimizer, batch, ppo_settings(ppo, progress_remaining, self.kl_coef),
+                           self.precision)
         if ppo.policy_loss == "kl_penalty":
-            extra["train/kl_coef"] = self.kl_coef
+            stats["train/kl_coef"] = self.kl_coef
             self.kl_coef = adapt_kl_coef(self.kl_coef, stats["train/approx_kl"], ppo.kl_target)
         if self.policy.obs_rms is not None:
             # updated after the PPO step, so log-probs at collection and at update used the same statistics
             self.policy.obs_rms.update(batch.obs)
         self._refresh_actor()
         self.updates += 1
-
-        ep = self.collector.stats
-        stats.update(extra)
-        stats.update(self.precision.stats())
         stats["train/learning_rate"] = lr
+        return stats
+
+    def metrics(self) -> dict[str, float]:
+        """Episode, precision and env-specific statistics for the logger."""
+        ep = self.collector.stats
+        stats = dict(self.precision.stats())
         stats["rollout/ep_rew_mean"] = float(np.mean(ep.returns)) if ep.returns else float("nan")
         stats["rollout/ep_len_mean"] = float(np.mean(ep.lengths)) if ep.lengths else float("nan")
         stats["time/episodes"] = float(ep.total)
         stats["time/iterations"] = float(self.updates)
-        stats["time/collect_seconds"] = t_collect
-        stats["time/update_seconds"] = time.perf_counter() - t0 - t_collect
         if self.hooks is not None:
             stats.update(self.hooks.episode_metrics(list(ep.infos)))
         if self.policy.continuous:
             stats["train/std"] = float(self.policy.log_std.exp().mean())
-        self.last_stats = stats
         return stats
-
-    @torch.no_grad()
-    def _off_policy_correction(self) -> tuple[torch.Tensor, dict[str, float]]:
-        """Rollouts came from a lower-precision copy: recompute log-probs and values with the learner.
-
-        The PPO ratio is then learner/learner (exactly 1 on the first minibatch) and GAE uses the
-        learner's critic; the actions stay samples from a policy ``precision/actor_learner_kl`` away.
-        """
-        r = self.rollout
-        obs = r.obs.reshape(-1, *r.obs.shape[2:]).to(self.device)
-        with self.precision.autocast():
-            out, values = self.policy(obs)
-            last_value = self.policy(torch.as_tensor(self.collector.obs, device=self.device))[1]
-        logp, _ = self.policy.logp_entropy(out, r.actions.reshape(-1, *r.actions.shape[2:]).to(self.device))
-        logp, values = logp.cpu().reshape(r.logp.shape), values.float().cpu().reshape(r.values.shape)
-        valid = r.valid
-        kl = float((r.logp - logp)[valid].mean())  # k1 estimate of KL(actor || learner)
-        r.data["logp"][: r.t] = logp
-        r.data["values"][: r.t] = values
-        return last_value.float().cpu(), {"precision/actor_learner_kl": kl}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from rlhf.config import PolicyConfig, PPOConfig
-from rlhf.policies import ActorCritic, RunningMeanStd, categorical_logp_entropy, gaussian_logp_entropy
+from rlhf.errors import ConfigError
+from rlhf.normalize import RunningMeanStd
+from rlhf.policies import ActorCritic, categorical_logp_entropy, gaussian_logp_entropy
 from rlhf.testing import (
     assert_finite_update,
     assert_moves_toward_positive_advantage,
@@ -57,7 +59,7 @@ def test_distributions_match_torch():
 def test_box_actions_clipped_for_env_only():
     torch.manual_seed(0)
     p = ActorCritic(BOX, gym.spaces.Box(-0.1, 0.1, (2,), np.float32), PolicyConfig(log_std_init=1.0))
-    actions, _, _ = p.act(torch.zeros(100, 4))
+    actions = p.sample_actions(torch.zeros(100, 4))
     assert actions.abs().max() > 0.1  # stored sample is unclipped
     assert np.abs(p.env_actions(actions)).max() <= 0.1 + 1e-7
 
@@ -71,11 +73,11 @@ def test_running_mean_std_matches_numpy():
     assert np.allclose(rms.var.numpy(), data.var(0), rtol=1e-3)
 
 
-def test_kl_penalty_policy_loss_runs():
+def test_kl_penalty_policy_loss_trains():
     torch.manual_seed(0)
     p = ActorCritic(BOX, gym.spaces.Discrete(3))
     stats = assert_finite_update(p, synthetic_batch(p, n=64), PPOConfig(policy_loss="kl_penalty", epochs=2))
-    assert stats["train/n_updates"] == 2
+    assert stats["train/n_updates"] == 2 and stats["train/approx_kl"] > 0
 
 
 @pytest.mark.parametrize("mode", ["fp32", "bf16-mixed", "fp16-mixed"])
@@ -112,6 +114,7 @@ def test_fused_forward_and_gradients_match_layer_by_layer(case, batch):
     results = []
     for fused in (True, False):
         policy.fused = fused
+        assert (policy.fused_path(obs) is None) == fused
         policy.zero_grad(set_to_none=True)
         out, value = policy(obs)
         (out.pow(2).sum() + (value * torch.linspace(-1, 1, batch)).sum()).backward()
@@ -125,7 +128,7 @@ def test_fused_forward_and_gradients_match_layer_by_layer(case, batch):
 
 
 def test_fused_mlp_gradcheck_float64():
-    from rlhf.policies import _TanhMLP
+    from rlhf.fused_mlp import _TanhMLP
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 3, dtype=torch.float64, generator=g).requires_grad_()  # 300 x 5 > tanh switch size
@@ -144,10 +147,11 @@ def test_fused_path_is_skipped_where_it_does_not_apply():
     obs = torch.randn(64, 4)
     ref_out, ref_v = policy(obs)
     for actor in (make_actor(policy, "bf16"), make_actor(policy, "int8"), prepare_qat(policy, "int8")):
-        assert actor._fused_forward(obs) is None
+        assert "layer" in actor.fused_path(obs)  # e.g. "Int8Linear layer": named, not silent
         out, v = actor(obs)
         assert torch.allclose(out, ref_out, atol=0.05) and torch.allclose(v, ref_v, atol=0.05)
-        actions, logp, values = actor.act(obs)
+        actions = actor.sample_actions(obs)
+        logp, _, _ = actor.evaluate_actions(obs, actions)
         assert actions.shape == (64,) and torch.isfinite(logp).all()
     actor = make_actor(policy, "int8")
     with torch.no_grad():
@@ -155,9 +159,22 @@ def test_fused_path_is_skipped_where_it_does_not_apply():
     refresh_actor(actor, policy)
     assert torch.allclose(actor(obs)[0], policy(obs)[0], atol=0.05)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert policy._fused_forward(obs) is None
+        assert policy.fused_path(obs) == "autocast is on"
         out, _ = policy(obs)
     assert out.dtype == torch.float32
+    hook = policy.pi_head.register_forward_hook(lambda *a: None)
+    assert policy.fused_path(obs) == "forward hook on a layer"
+    hook.remove()
+    assert policy.fused_path(obs) is None
+
+
+def test_fused_switch():
+    assert ActorCritic(BOX, gym.spaces.Discrete(3), PolicyConfig(fused="off")).fused is False
+    assert ActorCritic(BOX, gym.spaces.Discrete(3), PolicyConfig(activation="relu")).fused is False  # auto
+    with pytest.raises(ConfigError, match="tanh MLPs only"):
+        ActorCritic(BOX, gym.spaces.Discrete(3), PolicyConfig(activation="relu", fused="on"))
+    with pytest.raises(ConfigError, match="CNN"):
+        ActorCritic(IMAGE, gym.spaces.Discrete(3), PolicyConfig(fused="on", cnn_features=8))
 
 
 def test_qat_policy_trains_through_make_optimizer():

@@ -5,10 +5,10 @@ import torch
 
 from rlhf.config import PolicyConfig
 from rlhf.policies import ActorCritic
-from rlhf.rollout import Collector, Rollout
+from rlhf.rollout import Collector, Rollout, make_rollout, score_rollout
 
 
-def make_rollout(capacity=2, num_envs=3):
+def small_rollout(capacity=2, num_envs=3):
     return Rollout(num_envs, (4,), torch.float32, (), torch.int64, capacity)
 
 
@@ -20,7 +20,7 @@ def step(i, num_envs=3):
 
 
 def test_add_accepts_numpy_and_tensors_and_grows():
-    r = make_rollout(capacity=2)
+    r = small_rollout(capacity=2)
     for i in range(5):  # past capacity twice: storage doubles and the numpy views follow it
         r.add(**step(i))
     assert r.t == 5 and r.capacity == 8
@@ -30,12 +30,12 @@ def test_add_accepts_numpy_and_tensors_and_grows():
         assert torch.equal(r.actions[i], torch.full((3,), i))
         assert torch.equal(r.rewards[i], torch.full((3,), i + 0.25))
         assert torch.equal(r.valid[i], torch.tensor([True, i > 0, True]))
-    r.data["logp"][:2] = 7.0  # tensor edits (the trainer's off-policy correction) are seen by later reads
+    r.data["logp"][:2] = 7.0  # tensor edits (scoring after collection) are seen by later reads
     assert torch.equal(r.logp[:2], torch.full((2, 3), 7.0))
 
 
 def test_add_under_inference_mode_and_growth_gives_normal_tensors():
-    r = make_rollout(capacity=1)
+    r = small_rollout(capacity=1)
     with torch.inference_mode():
         for i in range(3):
             r.add(**step(i))
@@ -44,58 +44,61 @@ def test_add_under_inference_mode_and_growth_gives_normal_tensors():
     assert torch.equal(r.values, torch.ones(3, 3))
 
 
-def test_collect_stores_what_the_env_saw():
+def test_collect_stores_what_the_env_saw_and_scoring_matches_evaluate_actions():
     envs = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="vector_entry_point")
     torch.manual_seed(0)
     policy = ActorCritic(envs.single_observation_space, envs.single_action_space, PolicyConfig())
     collector = Collector(envs, torch.device("cpu"))
     collector.reset(seed=0)
     first_obs = collector.obs.copy()
-    rollout = Rollout(4, (4,), torch.float32, (), torch.int64, 64)
-    last_value = collector.collect(policy, rollout, n_steps=64)
-    assert rollout.t == 64 and last_value.shape == (4,)
+    rollout = make_rollout(envs, 16)  # grows past its capacity while collecting
+    last_obs = collector.collect(policy, rollout, n_steps=64)
+    assert rollout.t == 64 and last_obs.shape == (4, 4)
     assert torch.equal(rollout.obs[0], torch.as_tensor(first_obs))
     assert set(rollout.actions.unique().tolist()) <= {0, 1}
     # the step after a done is the autoreset step: not valid, reward 0
     after_done = torch.cat([torch.zeros(1, 4, dtype=torch.bool), rollout.dones[:-1]])
     assert torch.equal(rollout.valid, ~after_done)
     assert (rollout.rewards[~rollout.valid] == 0).all() and (rollout.rewards[rollout.valid] == 1).all()
-    logp = policy.logp_entropy(policy(rollout.obs.reshape(-1, 4))[0], rollout.actions.reshape(-1))[0]
-    assert torch.allclose(logp, rollout.logp.reshape(-1), atol=1e-5)
+    with torch.no_grad():
+        last_value = score_rollout(policy, rollout, last_obs, torch.device("cpu"))
+        logp, _, values = policy.evaluate_actions(rollout.obs.reshape(-1, 4), rollout.actions.reshape(-1))
+        assert torch.allclose(last_value, policy(last_obs)[1], atol=1e-6)  # a different batch: rounding only
+    assert torch.equal(logp, rollout.logp.reshape(-1)) and torch.equal(values, rollout.values.reshape(-1))
     batch = rollout.batch(last_value, 0.99, 0.95)
     assert len(batch) == int(rollout.valid.sum())
     envs.close()
 
 
-class StepByStep:
-    """The same actor without ``sample_actions``: the collector falls back to ``act`` at every step."""
+def test_scoring_in_chunks_equals_one_pass(monkeypatch):
+    import rlhf.rollout
 
-    def __init__(self, policy):
-        self.policy = policy
+    envs = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="vector_entry_point")
+    torch.manual_seed(0)
+    policy = ActorCritic(envs.single_observation_space, envs.single_action_space, PolicyConfig())
+    collector = Collector(envs, torch.device("cpu"))
+    collector.reset(seed=0)
+    rollout = make_rollout(envs, 40)
+    last_obs = collector.collect(policy, rollout, n_steps=40)
+    with torch.no_grad():
+        one = score_rollout(policy, rollout, last_obs, torch.device("cpu")), rollout.logp.clone(), rollout.values.clone()
+        monkeypatch.setattr(rlhf.rollout, "SCORE_CHUNK", 7)
+        chunked = score_rollout(policy, rollout, last_obs, torch.device("cpu")), rollout.logp, rollout.values
+    for a, b in zip(one, chunked):
+        assert torch.allclose(a, b, atol=1e-6)
+    envs.close()
 
-    def act(self, obs):
-        return self.policy.act(obs)
 
-    def value(self, obs):
-        return self.policy.value(obs)
-
-    def env_actions(self, actions):
-        return self.policy.env_actions(actions)
-
-
-def test_batched_log_probs_and_values_match_step_by_step():
-    results = []
-    for wrap in (False, True):
-        envs = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="vector_entry_point")
-        torch.manual_seed(0)
-        policy = ActorCritic(envs.single_observation_space, envs.single_action_space, PolicyConfig())
-        collector = Collector(envs, torch.device("cpu"))
-        collector.reset(seed=0)
-        rollout = Rollout(4, (4,), torch.float32, (), torch.int64, 40)
-        last_value = collector.collect(StepByStep(policy) if wrap else policy, rollout, n_steps=40)
-        results.append((rollout.actions.clone(), rollout.logp.clone(), rollout.values.clone(), last_value))
-        envs.close()
-    (a1, l1, v1, lv1), (a2, l2, v2, lv2) = results
-    assert torch.equal(a1, a2)  # same random stream, same actions
-    assert torch.allclose(l1, l2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
-    assert torch.allclose(lv1, lv2, atol=1e-5)
+def test_collect_counts_whole_episodes():
+    envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="vector_entry_point")
+    torch.manual_seed(0)
+    policy = ActorCritic(envs.single_observation_space, envs.single_action_space, PolicyConfig())
+    collector = Collector(envs, torch.device("cpu"), stats_window=3)
+    collector.reset(seed=0)
+    rollout = make_rollout(envs, 8)
+    for _ in range(5):
+        collector.collect(policy, rollout, episodes=1)
+        assert rollout.dones[-1].item()  # each call ends on the step that finished its episode
+    assert collector.stats.total == 5 and len(collector.stats.returns) == 3
+    assert list(collector.stats.returns) == [float(n) for n in collector.stats.lengths]  # CartPole: +1 per step
+    envs.close()

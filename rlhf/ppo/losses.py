@@ -13,10 +13,16 @@ from torch.nn import functional as F
 from rlhf.ppo.advantages import masked_mean
 
 
+def log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor | None = None) -> Tensor:
+    """log(pi_new / pi_old) per sample, 0 where masked out (so exp() of padding never overflows)."""
+    diff = logp - old_logp
+    return diff if mask is None else torch.where(mask.bool(), diff, 0.0)
+
+
 def clipped_surrogate_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip_range: float,
                            mask: Tensor | None = None) -> Tensor:
     """PPO-clip policy loss: -E[min(r A, clip(r, 1-eps, 1+eps) A)] with r = exp(logp - old_logp)."""
-    ratio = torch.exp(logp - old_logp)
+    ratio = torch.exp(log_ratio(logp, old_logp, mask))
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages
     return -masked_mean(torch.min(unclipped, clipped), mask)
@@ -29,10 +35,9 @@ def kl_penalty_surrogate_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor
     k3 = (r - 1) - log r is unbiased for KL(old || new) under samples from the old policy and never
     negative, so the penalty cannot reward moving away.
     """
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
-    kl = (ratio - 1.0) - log_ratio
-    return -masked_mean(ratio * advantages - kl_coef * kl, mask)
+    lr = log_ratio(logp, old_logp, mask)
+    kl = torch.expm1(lr) - lr  # k3 of KL(old || new): kl_estimate(old_logp, logp, "k3") with padding zeroed
+    return -masked_mean(torch.exp(lr) * advantages - kl_coef * kl, mask)
 
 
 def value_loss(values: Tensor, returns: Tensor, old_values: Tensor | None = None, clip_value: float | None = None,
@@ -64,19 +69,32 @@ def entropy_loss(entropy: Tensor, mask: Tensor | None = None) -> Tensor:
     return -masked_mean(entropy, mask)
 
 
+KL_ESTIMATORS = ("k1", "k3")
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-sample estimate of KL(p || ref) from samples of p, where ``logp`` = log p(x), ``ref_logp`` = log ref(x).
+
+    k1 = log p - log ref: unbiased, can be negative per sample (the per-token penalty of Ziegler et al.
+    and InstructGPT). k3 = (r - 1) - log r with r = ref / p: unbiased and never negative, lower variance
+    (Schulman's "Approximating KL divergence"). No reduction: callers mask and sum or average.
+    """
+    log_ratio = ref_logp - logp
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"estimator = {estimator!r}: allowed values are {', '.join(KL_ESTIMATORS)}")
+
+
 @torch.no_grad()
 def approx_kl(logp: Tensor, old_logp: Tensor, mask: Tensor | None = None, estimator: str = "k3") -> Tensor:
-    """KL(old || new) estimated from samples of the old policy: k1 = -log r, k3 = (r - 1) - log r."""
-    log_ratio = logp - old_logp
-    if estimator == "k1":
-        return masked_mean(-log_ratio, mask)
-    if estimator == "k3":
-        return masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
-    raise ValueError(f"estimator = {estimator!r}: allowed values are 'k1', 'k3'")
+    """KL(old || new) estimated from samples of the old policy (the ``train/approx_kl`` statistic)."""
+    return masked_mean(kl_estimate(old_logp, logp, estimator), mask)
 
 
 @torch.no_grad()
 def clip_fraction(logp: Tensor, old_logp: Tensor, clip_range: float, mask: Tensor | None = None) -> Tensor:
     """Fraction of samples whose ratio left [1 - eps, 1 + eps]: how often clipping was active."""
-    ratio = torch.exp(logp - old_logp)
+    ratio = torch.exp(log_ratio(logp, old_logp, mask))
     return masked_mean(((ratio - 1.0).abs() > clip_range).float(), mask)

@@ -1,14 +1,20 @@
-"""One PPO update: epochs x shuffled minibatches, clipped (or KL-penalised) surrogate, value loss,
-entropy bonus, global grad-norm clipping and target-KL early stop. Returns a stats dict."""
+"""One PPO update over a ``Batch`` for any policy that answers ``evaluate_actions``.
+
+The loop reads like CleanRL's ``ppo.py``: epochs x shuffled minibatches, advantage normalisation per
+minibatch, clipped (or KL-penalised) surrogate, value loss, entropy bonus, one optimizer step, and
+SB3's target-KL early stop. Nothing here knows about gym, configs or token sequences: a token batch is
+a batch whose ``mask`` is (B, T) instead of absent. Speed lives behind the interfaces it calls (the
+policy's forward, ``precision.step`` and the optimizer's ``step``), never in a branch of this loop.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from rlhf.config import PPOConfig
-from rlhf.ppo.advantages import explained_variance, whiten
+from rlhf.ppo.advantages import explained_variance, masked_whiten
 from rlhf.ppo.losses import (
     approx_kl,
     clip_fraction,
@@ -19,23 +25,63 @@ from rlhf.ppo.losses import (
 )
 from rlhf.precision import Precision
 
+Obs = Tensor | dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """The knobs one update reads. Trainers fill it from their config (schedules already applied)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    clip_range: float = 0.2
+    clip_value: float | None = None
+    vf_coef: float = 0.5
+    entropy_coef: float = 0.0
+    max_grad_norm: float | None = 0.5
+    target_kl: float | None = None
+    normalize_advantage: bool = True
+    loss_type: str = "mse"
+    huber_delta: float = 1.0
+    policy_loss: str = "clip"  # "clip" | "kl_penalty"
+    kl_coef: float = 1.0  # beta of the kl_penalty policy loss
+
 
 @dataclass
 class Batch:
-    """A flat batch of transitions (first axis = sample). Everything but ``obs``/``actions`` is fp32."""
+    """A flat batch (first axis = sample). ``mask`` is shaped like ``logp``: (B,) for gym transitions,
+    (B, T) for token sequences; 0 marks padding that no loss or statistic may see. ``obs`` is a tensor or
+    a dict of tensors (e.g. ``input_ids`` and ``attention_mask``), indexed along the first axis."""
 
-    obs: Tensor
+    obs: Obs
     actions: Tensor
     logp: Tensor
     values: Tensor
     advantages: Tensor
     returns: Tensor
+    mask: Tensor | None = None
 
     def __len__(self) -> int:
-        return self.obs.shape[0]
+        return self.actions.shape[0]
 
     def index(self, idx: Tensor) -> "Batch":
-        return Batch(*(getattr(self, f.name)[idx] for f in fields(self)))
+        def take(x):
+            if isinstance(x, dict):
+                return {k: v[idx] for k, v in x.items()}
+            return None if x is None else x[idx]
+        return Batch(*(take(getattr(self, f.name)) for f in fields(self)))
+
+
+class EvaluatesActions(Protocol):
+    """What ``ppo_update`` needs from a policy (the call Stable-Baselines3's policies answer too).
+
+    ``evaluate_actions(obs, actions)`` returns fp32 ``(logp, entropy, values)`` shaped like ``actions``'s
+    log-probs ((B,) or (B, T)), with gradients; ``values`` may be None for a policy without a critic
+    (group baselines such as RLOO/GRPO). It is called inside ``precision.autocast()``, so the policy
+    computes log-probs and entropies from upcast logits (see ``rlhf.precision.float32_region``).
+    """
+
+    def evaluate_actions(self, obs: Obs, actions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]: ...
 
 
 def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
@@ -47,100 +93,56 @@ def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
     return kl_coef
 
 
-def ppo_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, b: Batch, cfg: PPOConfig,
-               precision: Precision, clip_range: float, kl_coef: float = 0.0) -> dict[str, float]:
-    """Run ``cfg.epochs`` passes of shuffled minibatches over ``b``; return SB3-named statistics.
+def ppo_loss(logp: Tensor, entropy: Tensor, values: Tensor | None, mb: Batch, advantages: Tensor,
+             s: PPOSettings) -> tuple[Tensor, dict[str, Tensor]]:
+    """The minibatch loss ``pg + vf_coef * v + entropy_coef * ent`` and its detached parts (pure)."""
+    m = mb.mask
+    if s.policy_loss == "clip":
+        pg_loss = clipped_surrogate_loss(logp, mb.logp, advantages, s.clip_range, m)
+    else:
+        pg_loss = kl_penalty_surrogate_loss(logp, mb.logp, advantages, s.kl_coef, m)
+    v_loss = (value_loss(values, mb.returns, mb.values, s.clip_value, s.loss_type, s.huber_delta, m)
+              if values is not None else torch.zeros((), device=logp.device))
+    ent_loss = entropy_loss(entropy, m)
+    loss = pg_loss + s.vf_coef * v_loss + s.entropy_coef * ent_loss
+    new_logp = logp.detach()
+    stats = {"policy_gradient_loss": pg_loss.detach(), "value_loss": v_loss.detach(),
+             "entropy_loss": ent_loss.detach(), "loss": loss.detach(),
+             "approx_kl": approx_kl(new_logp, mb.logp, m), "clip_fraction": clip_fraction(new_logp, mb.logp, s.clip_range, m)}
+    return loss, stats
 
-    Two shortcuts leave the algorithm unchanged. When one minibatch holds the whole batch, it is used as
-    is (shuffling it would only reorder the sums) and its advantages are normalised once. In fp32 with an
-    optimizer that offers ``clip_and_step`` (``rlhf.optim.FlatAdam``), clip + Adam run as one op each on
-    flat buffers instead of through ``precision.step``.
+
+def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s: PPOSettings,
+               precision: Precision | None = None) -> dict[str, float]:
+    """``s.epochs`` passes of shuffled minibatches over ``b``; returns SB3-named statistics.
+
+    A 1-sample tail minibatch is trained on without normalising its advantage, as Stable-Baselines3 does.
     """
-    params = [p for p in policy.parameters() if p.requires_grad]
+    precision = precision or Precision("fp32")
     n = len(b)
-    mb_size = min(cfg.batch_size, n)
-    whole = mb_size == n
-    fast_step = getattr(optimizer, "clip_and_step", None) if precision.mode == "fp32" else None
-    # approx_kl / clip_fraction are statistics, computed in one go after the loop unless target_kl needs them now
-    kl_each_step = cfg.target_kl is not None or not whole
-    b_adv = whiten(b.advantages) if whole and cfg.normalize_advantage and n > 1 else b.advantages
-    pg_losses, v_losses, ent_losses, kls, clipfracs, grad_norms, new_logps = [], [], [], [], [], [], []
-    n_updates, stop = 0, False
-    for _epoch in range(cfg.epochs):
-        if whole:
-            minibatches = [(b, b_adv)]
-        else:
-            b_inds = torch.randperm(n)
-            minibatches = []
-            for start in range(0, n, mb_size):
-                mb_inds = b_inds[start:start + mb_size]
-                if len(mb_inds) < 2 and n >= 2:
-                    continue  # a 1-sample tail cannot be normalised; SB3 would also skip it
-                mb = b.index(mb_inds)
-                normalize = cfg.normalize_advantage and len(mb) > 1
-                minibatches.append((mb, whiten(mb.advantages) if normalize else mb.advantages))
-        for mb, mb_adv in minibatches:
+    history: list[dict[str, Tensor]] = []
+    early_stop = False
+    for _epoch in range(s.epochs):
+        b_inds = torch.randperm(n)
+        for start in range(0, n, s.batch_size):
+            mb = b.index(b_inds[start:start + s.batch_size])
+            mb_adv = masked_whiten(mb.advantages, mb.mask) if s.normalize_advantage and len(mb) > 1 else mb.advantages
             with precision.autocast():
-                out, new_values = policy(mb.obs)
-            new_logp, entropy = policy.logp_entropy(out, mb.actions)
-            new_values = new_values.float()
-
-            if cfg.policy_loss == "clip":
-                pg_loss = clipped_surrogate_loss(new_logp, mb.logp, mb_adv, clip_range)
-            else:
-                pg_loss = kl_penalty_surrogate_loss(new_logp, mb.logp, mb_adv, kl_coef)
-            v_loss = value_loss(new_values, mb.returns, mb.values, cfg.clip_value, cfg.loss_type, cfg.huber_delta)
-            ent_loss = entropy_loss(entropy)
-            loss = pg_loss + cfg.vf_coef * v_loss
-            if cfg.entropy_coef:  # a zero coefficient would only add zeros to the gradients
-                loss = loss + cfg.entropy_coef * ent_loss
-
-            if kl_each_step:
-                kl = approx_kl(new_logp.detach(), mb.logp)
-                if cfg.target_kl is not None and float(kl) > 1.5 * cfg.target_kl:
-                    stop = True  # SB3's rule: stop before stepping on a minibatch that already moved too far
-                    kls.append(kl)
-                    break
-            if fast_step is not None:
-                optimizer.zero_grad()
-                loss.backward()
-                grad_norms.append(fast_step(cfg.max_grad_norm))
-            else:
-                grad_norms.append(precision.step(loss, optimizer, params, cfg.max_grad_norm)["grad_norm"])
-            n_updates += 1
-            pg_losses.append(pg_loss.detach())
-            v_losses.append(v_loss.detach())
-            ent_losses.append(ent_loss.detach())
-            if kl_each_step:
-                kls.append(kl)
-                clipfracs.append(clip_fraction(new_logp.detach(), mb.logp, clip_range))
-            else:
-                new_logps.append(new_logp.detach())
-        if stop:
+                logp, entropy, values = policy.evaluate_actions(mb.obs, mb.actions)
+            loss, stats = ppo_loss(logp, entropy, values, mb, mb_adv, s)
+            if s.target_kl is not None and stats["approx_kl"] > 1.5 * s.target_kl:
+                early_stop = True  # SB3's rule: no step on a minibatch that already moved too far
+                break
+            stats["grad_norm"] = precision.step(loss, optimizer, max_grad_norm=s.max_grad_norm)["grad_norm"]
+            history.append(stats)
+        if early_stop:
             break
-    if new_logps:  # whole-batch steps: every step saw the same old log-probs, so stack and average once
-        new_logps_t = torch.stack(new_logps)
-        kls.append(approx_kl(new_logps_t, b.logp))
-        clipfracs.append(clip_fraction(new_logps_t, b.logp, clip_range))
 
-    def mean(xs: list) -> float:
-        if not xs:
-            return float("nan")
-        if not all(isinstance(x, torch.Tensor) for x in xs):
-            xs = [torch.as_tensor(x, dtype=torch.float32) for x in xs]
-        return float(torch.stack(xs).float().mean())
-
-    return {
-        "train/policy_gradient_loss": mean(pg_losses),
-        "train/value_loss": mean(v_losses),
-        "train/entropy_loss": mean(ent_losses),
-        "train/approx_kl": mean(kls),
-        "train/clip_fraction": mean(clipfracs),
-        "train/loss": float(pg_losses[-1] + cfg.entropy_coef * ent_losses[-1] + cfg.vf_coef * v_losses[-1])
-        if pg_losses else float("nan"),
-        "train/explained_variance": explained_variance(b.values, b.returns),
-        "train/grad_norm": mean(grad_norms),
-        "train/n_updates": float(n_updates),
-        "train/clip_range": float(clip_range),
-        "train/early_stop": float(stop),
-    }
+    means = {k: torch.stack([h[k] for h in history]).float().mean().item() for k in history[0]} if history else {}
+    out = {f"train/{k}": means.get(k, float("nan")) for k in
+           ("policy_gradient_loss", "value_loss", "entropy_loss", "approx_kl", "clip_fraction", "loss", "grad_norm")}
+    out["train/loss"] = float(history[-1]["loss"]) if history else float("nan")  # SB3 logs the last minibatch's
+    out.update({"train/explained_variance": explained_variance(b.values, b.returns, b.mask),
+                "train/n_updates": float(len(history)), "train/clip_range": float(s.clip_range),
+                "train/early_stop": float(early_stop)})
+    return out

@@ -77,9 +77,14 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-             params: Iterable[nn.Parameter], max_grad_norm: float | None) -> dict[str, float]:
-        """backward -> (unscale) -> clip global grad norm -> optimizer step. Returns grad_norm and skipped."""
-        params = list(params)
+             params: Iterable[nn.Parameter] | None = None, max_grad_norm: float | None = None) -> dict:
+        """backward -> (unscale) -> clip the global grad norm -> optimizer step.
+
+        Clips ``params`` (default: the optimizer's own parameters, which for a flat-buffer optimizer is one
+        tensor). Returns ``grad_norm`` (a 0-d tensor, the norm before clipping) and ``skipped`` (1.0 when
+        fp16 loss scaling found inf/NaN gradients and skipped the step).
+        """
+        params = list(params) if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
@@ -111,8 +116,11 @@ class Precision:
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
 
-def _clip(params: list[nn.Parameter], max_grad_norm: float | None) -> float:
+def _clip(params: list[nn.Parameter], max_grad_norm: float | None) -> torch.Tensor:
+    """Global grad norm (before clipping) as a tensor; clipped in place to ``max_grad_norm`` if set."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
     if max_grad_norm is None:
-        grads = [p.grad for p in params if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
-    return float(nn.utils.clip_grad_norm_(params, max_grad_norm))
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return nn.utils.clip_grad_norm_(params, max_grad_norm)

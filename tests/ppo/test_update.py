@@ -1,16 +1,19 @@
-"""The PPO update and the flat-buffer Adam it runs on: shortcuts must not change the result."""
+"""ppo_update and ppo_loss: masks, the KL-penalty path, entropy, target-KL early stop, and the shape of the loop."""
+import ast
 import copy
+import inspect
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from rlhf.config import PolicyConfig, PPOConfig
-from rlhf.optim import FlatAdam, make_optimizer
+from rlhf.config import PolicyConfig
+from rlhf.optim import make_optimizer
 from rlhf.policies import ActorCritic
-from rlhf.ppo.update import ppo_update
-from rlhf.precision import Precision
+from rlhf.ppo.losses import kl_estimate
+from rlhf.ppo.update import Batch, PPOSettings, adapt_kl_coef, ppo_loss, ppo_update
 from rlhf.testing import synthetic_batch
 
 BOX = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -24,152 +27,187 @@ def make_policy(seed=0, **cfg):
     return ActorCritic(BOX, gym.spaces.Discrete(3), PolicyConfig(**cfg))
 
 
-def test_flat_adam_parameters_are_views_and_state_dict_is_unchanged():
+class TokenPolicy(nn.Module):
+    """A minimal token-level policy: per-position logits and values from token embeddings."""
+
+    def __init__(self, vocab=11, dim=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head, self.value = nn.Embedding(vocab, dim), nn.Linear(dim, vocab), nn.Linear(dim, 1)
+
+    def evaluate_actions(self, obs, actions):
+        h = torch.tanh(self.emb(obs["input_ids"]))
+        logp_all = torch.log_softmax(self.head(h).float(), -1)
+        logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return logp, -(logp_all.exp() * logp_all).sum(-1), self.value(h).squeeze(-1)
+
+
+def token_batch(rows, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 11, (rows, length), generator=g)
+    mask = (torch.arange(length) < torch.randint(1, length + 1, (rows, 1), generator=g)).float()
+    f = lambda: torch.randn(rows, length, generator=g)  # noqa: E731
+    return Batch({"input_ids": ids}, torch.randint(0, 11, (rows, length), generator=g), f() - 2.4, f(), f(), f(), mask)
+
+
+def pad(b: Batch, extra_rows: int, extra_cols: int = 0) -> Batch:
+    """The same batch with garbage rows (and, for token batches, garbage tokens) under mask 0."""
+    g = torch.Generator().manual_seed(99)
+
+    def grow(x, fill_int=False):
+        if extra_cols and x.dim() == 2:
+            junk = torch.randint(0, 11, (x.shape[0], extra_cols), generator=g) if fill_int else \
+                1e3 * torch.randn(x.shape[0], extra_cols, generator=g)
+            x = torch.cat([x, junk.to(x.dtype)], 1)
+        junk = torch.randint(0, 3 if x.dim() == 1 else 11, (extra_rows, *x.shape[1:]), generator=g) if fill_int \
+            else 1e3 * torch.randn(extra_rows, *x.shape[1:], generator=g)
+        return torch.cat([x, junk.to(x.dtype)])
+
+    mask = b.mask if b.mask is not None else torch.ones(len(b))
+    new_mask = torch.cat([torch.cat([mask, torch.zeros(mask.shape[0], extra_cols)], 1) if extra_cols else mask,
+                          torch.zeros(extra_rows, *mask.shape[1:]) if not extra_cols
+                          else torch.zeros(extra_rows, mask.shape[1] + extra_cols)])
+    obs = {k: grow(v, True) for k, v in b.obs.items()} if isinstance(b.obs, dict) else grow(b.obs)
+    ints = not b.actions.dtype.is_floating_point
+    return Batch(obs, grow(b.actions, ints), grow(b.logp), grow(b.values), grow(b.advantages), grow(b.returns), new_mask)
+
+
+def grads_and_stats(policy, b: Batch, s: PPOSettings):
+    policy.zero_grad(set_to_none=True)
+    adv = b.advantages if b.mask is None else b.advantages  # whitened inside ppo_loss's caller; here raw
+    logp, ent, values = policy.evaluate_actions(b.obs, b.actions)
+    loss, stats = ppo_loss(logp, ent, values, b, adv, s)
+    loss.backward()
+    return {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}, stats
+
+
+@pytest.mark.parametrize("kind", ["gym", "tokens"])
+def test_padding_under_mask_zero_changes_no_gradient_or_statistic(kind):
+    s = PPOSettings(epochs=1, batch_size=10_000, clip_value=0.2, vf_coef=0.7, entropy_coef=0.01)
+    if kind == "gym":
+        policy = make_policy()
+        batch = synthetic_batch(policy, n=48, seed=0)
+        padded = pad(batch, extra_rows=16)
+    else:
+        policy = TokenPolicy()
+        batch = token_batch(12, 6, seed=0)
+        padded = pad(batch, extra_rows=5, extra_cols=3)
+    g1, s1 = grads_and_stats(policy, batch, s)
+    g2, s2 = grads_and_stats(policy, padded, s)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        assert torch.allclose(g1[k], g2[k], atol=1e-6, rtol=1e-5), k
+    for k in s1:
+        assert float(s1[k]) == pytest.approx(float(s2[k]), rel=1e-5, abs=1e-7), k
+    # the whole update: advantage whitening, explained variance and the step see only real elements
+    twins = copy.deepcopy(policy), copy.deepcopy(policy)
+    torch.manual_seed(0)
+    r1 = ppo_update(twins[0], torch.optim.SGD(twins[0].parameters(), lr=0.1), batch, s)
+    r2 = ppo_update(twins[1], torch.optim.SGD(twins[1].parameters(), lr=0.1), padded, s)
+    for k in STAT_KEYS:
+        assert r1[k] == pytest.approx(r2[k], rel=1e-4, abs=1e-6), k
+    for a, b in zip(*(t.parameters() for t in twins)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_adapt_kl_coef_hand_computed():
+    assert adapt_kl_coef(1.0, kl=0.001, kl_target=0.01) == 0.5   # below d/1.5: halve
+    assert adapt_kl_coef(1.0, kl=0.02, kl_target=0.01) == 2.0    # above 1.5 d: double
+    assert adapt_kl_coef(1.0, kl=0.01, kl_target=0.01) == 1.0    # in between: keep
+    assert adapt_kl_coef(0.3, kl=0.0149, kl_target=0.01) == 0.3
+
+
+def test_kl_penalty_loss_hand_computed_and_beta_matters():
+    logp, old = torch.tensor([-1.0, -0.5, -2.0]), torch.tensor([-1.2, -0.5, -1.5])
+    adv = torch.tensor([1.0, -2.0, 0.5])
+    mb = Batch(torch.zeros(3, 1), torch.zeros(3), old, torch.zeros(3), adv, torch.zeros(3))
+    ratio = (logp - old).exp()
+    k3 = (ratio - 1) - torch.log(ratio)  # k3 of KL(old || new) from old-policy samples, r = new / old
+    assert torch.allclose(k3, kl_estimate(old, logp, "k3"))
+    for beta in (0.0, 2.0):
+        s = PPOSettings(policy_loss="kl_penalty", kl_coef=beta, vf_coef=0.0)
+        loss, _ = ppo_loss(logp, torch.zeros(3), None, mb, adv, s)
+        expected = -(ratio * adv - beta * k3).mean()
+        assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
+def mean_entropy(policy, batch):
+    with torch.no_grad():
+        return float(policy.evaluate_actions(batch.obs, batch.actions)[1].mean())
+
+
+def test_entropy_coefficient_raises_entropy():
     policy = make_policy()
-    keys = list(policy.state_dict())
-    before = {k: v.clone() for k, v in policy.state_dict().items()}
-    opt = make_optimizer(policy, 1e-3)
-    assert isinstance(opt, FlatAdam)
-    assert list(policy.state_dict()) == keys
-    assert all(torch.equal(v, before[k]) for k, v in policy.state_dict().items())
-    flat_ptr = opt.flat.data_ptr()
-    for p in policy.parameters():
-        assert p.untyped_storage().data_ptr() == flat_ptr
-        assert p.grad.untyped_storage().data_ptr() == opt.flat.grad.data_ptr()
+    with torch.no_grad():
+        policy.pi_head.bias.copy_(torch.tensor([2.0, 0.0, -1.0]))  # start peaked, well below ln 3
+    batch = synthetic_batch(policy, n=128, seed=0, advantages=torch.zeros(128))
+    before = mean_entropy(policy, batch)
+    results = {}
+    for coef in (0.0, 0.5):
+        twin = copy.deepcopy(policy)
+        ppo_update(twin, make_optimizer(twin, 3e-3), batch, PPOSettings(batch_size=128, epochs=10, entropy_coef=coef))
+        results[coef] = mean_entropy(twin, batch)
+    assert results[0.5] > before + 0.02            # the bonus pushed the distribution flatter
+    assert results[0.5] > results[0.0] + 0.02
 
 
-@pytest.mark.parametrize("max_grad_norm", [0.01, 100.0, None])
-def test_flat_adam_steps_like_adam_with_clip_grad_norm(max_grad_norm):
-    ref_policy = make_policy()
-    policy = copy.deepcopy(ref_policy)
-    ref_opt = torch.optim.Adam(ref_policy.parameters(), lr=1e-2, eps=1e-5)
-    opt = make_optimizer(policy, 1e-2)
-    obs = torch.randn(32, 4)
-    for step in range(3):
-        for p, o in ((ref_policy, ref_opt), (policy, opt)):
-            o.zero_grad()
-            out, v = p(obs)
-            (out.pow(2).mean() + (v - 1).pow(2).mean()).backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(ref_policy.parameters(), max_grad_norm)
-        ref_opt.step()
-        if step % 2:  # the generic zero_grad / clip / step sequence works too
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
-            opt.step()
-        else:
-            opt.clip_and_step(max_grad_norm)
-        for (name, a), b in zip(ref_policy.named_parameters(), policy.parameters()):
-            assert torch.allclose(a, b, atol=1e-6), (step, name)
-
-
-def test_flat_adam_zero_grad_survives_module_zero_grad():
-    policy = make_policy()
-    opt = make_optimizer(policy, 1e-3)
-    policy.zero_grad(set_to_none=True)  # cuts the views; the optimizer must re-link them
-    opt.zero_grad()
-    out, v = policy(torch.randn(8, 4))
-    (out.sum() + v.sum()).backward()
-    assert opt.flat.grad.abs().sum() > 0
-    assert all(p.grad.untyped_storage().data_ptr() == opt.flat.grad.data_ptr() for p in policy.parameters())
-
-
-def test_flat_adam_state_dict_round_trip_and_plain_adam_checkpoint():
-    policy = make_policy()
-    opt = make_optimizer(policy, 1e-3)
-    out, v = policy(torch.randn(8, 4))
-    (out.sum() + v.sum()).backward()
-    opt.clip_and_step(0.5)
-    state = copy.deepcopy(opt.state_dict())
-    other = make_optimizer(make_policy(), 1e-3)
-    other.load_state_dict(state)
-    assert torch.equal(other.state[other.flat]["exp_avg"], opt.state[opt.flat]["exp_avg"])
-    assert float(other.state[other.flat]["step"]) == 1.0
-
-    plain_policy = make_policy()  # a checkpoint written by torch.optim.Adam over the same parameters
-    plain = torch.optim.Adam(plain_policy.parameters(), lr=1e-3, eps=1e-5)
-    out, v = plain_policy(torch.randn(8, 4))
-    (out.sum() + v.sum()).backward()
-    plain.step()
-    flat = make_optimizer(make_policy(), 1e-3)
-    flat.load_state_dict(plain.state_dict())
-    expected = torch.cat([plain.state[p]["exp_avg"].reshape(-1) for p in plain_policy.parameters()])
-    assert torch.equal(flat.state[flat.flat]["exp_avg"], expected)
-
-
-@pytest.mark.parametrize("batch_size", [64, 48])  # one whole-batch minibatch; shuffled minibatches with a tail
-def test_fast_path_matches_generic_path(batch_size):
-    """FlatAdam's clip_and_step (fp32 fast path) vs plain Adam through Precision.step: same update."""
+def test_target_kl_stops_at_the_first_minibatch_that_moved_too_far():
     policy = make_policy()
     batch = synthetic_batch(policy, n=64, seed=0)
-    ref_policy = copy.deepcopy(policy)
-    cfg = PPOConfig(batch_size=batch_size, epochs=3, max_grad_norm=0.5)
+    # minibatch 1 has ratio 1 (KL 0) and steps; with lr 0.1 the second one is far past 1.5 * 1e-4: stop there
+    stats = ppo_update(policy, make_optimizer(policy, 0.1), batch, PPOSettings(batch_size=32, epochs=5, target_kl=1e-4))
+    assert stats["train/early_stop"] == 1.0 and stats["train/n_updates"] == 1.0
+    loose = ppo_update(make_policy(), make_optimizer(make_policy(), 1e-4), batch,
+                       PPOSettings(batch_size=32, epochs=5, target_kl=1e6))
+    assert loose["train/early_stop"] == 0.0 and loose["train/n_updates"] == 10.0
+
+
+def test_one_sample_tail_minibatch_is_trained_on():
+    """As Stable-Baselines3: 65 samples in minibatches of 64 give two steps per epoch, the second on one sample."""
+    policy = make_policy()
+    stats = ppo_update(policy, make_optimizer(policy, 1e-3), synthetic_batch(policy, n=65, seed=0),
+                       PPOSettings(batch_size=64, epochs=3))
+    assert stats["train/n_updates"] == 6.0 and np.isfinite(stats["train/policy_gradient_loss"])
+
+
+@pytest.mark.parametrize("batch_size", [64, 48])
+def test_flat_adam_and_fused_mlp_change_no_number(batch_size):
+    """The opt-in fast paths (fused MLP, FlatAdam) against their plain twins through the same update."""
+    policy = make_policy()
+    plain = make_policy(fused="off")
+    plain.load_state_dict(policy.state_dict())
+    batch = synthetic_batch(policy, n=64, seed=0)
+    s = PPOSettings(batch_size=batch_size, epochs=3, max_grad_norm=0.5)
     torch.manual_seed(1)
-    stats = ppo_update(policy, make_optimizer(policy, 1e-3), batch, cfg, Precision("fp32"), 0.2)
+    stats = ppo_update(policy, make_optimizer(policy, 1e-3, "flat_adam"), batch, s)
     torch.manual_seed(1)
-    ref_opt = torch.optim.Adam(ref_policy.parameters(), lr=1e-3, eps=1e-5)
-    ref = ppo_update(ref_policy, ref_opt, batch, cfg, Precision("fp32"), 0.2)
+    ref = ppo_update(plain, make_optimizer(plain, 1e-3, "adam"), batch, s)
     assert set(stats) == set(ref) == STAT_KEYS
     for key in STAT_KEYS:
         assert stats[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
-    for (name, a), b in zip(policy.named_parameters(), ref_policy.parameters()):
+    for (name, a), b in zip(policy.named_parameters(), plain.parameters()):
         assert torch.allclose(a, b, atol=1e-5), name
 
 
-def test_whole_batch_statistics_match_per_minibatch_ones():
-    """approx_kl / clip_fraction averaged once after the loop equal the per-step average (target_kl path)."""
+def test_update_statistics_hand_checked():
+    """With lr 0 nothing moves: every statistic is the first minibatch's, computed here by hand."""
     policy = make_policy()
-    batch = synthetic_batch(policy, n=64, seed=0)
-    ref_policy = copy.deepcopy(policy)
-    cfg = PPOConfig(batch_size=64, epochs=4)
-    stats = ppo_update(policy, make_optimizer(policy, 3e-3), batch, cfg, Precision("fp32"), 0.1)
-    ref = ppo_update(ref_policy, make_optimizer(ref_policy, 3e-3), batch, cfg.model_copy(update={"target_kl": 1e9}),
-                     Precision("fp32"), 0.1)
-    assert stats["train/clip_fraction"] > 0
-    for key in ("train/approx_kl", "train/clip_fraction"):
-        assert stats[key] == pytest.approx(ref[key], rel=1e-5), key
+    batch = synthetic_batch(policy, n=32, seed=3)
+    stats = ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), batch,
+                       PPOSettings(batch_size=32, epochs=2, vf_coef=0.5, entropy_coef=0.0, normalize_advantage=False))
+    with torch.no_grad():
+        _, entropy, values = policy.evaluate_actions(batch.obs, batch.actions)
+    assert stats["train/policy_gradient_loss"] == pytest.approx(-float(batch.advantages.mean()), rel=1e-5)
+    assert stats["train/value_loss"] == pytest.approx(float(((values - batch.returns) ** 2).mean()), rel=1e-5)
+    assert stats["train/entropy_loss"] == pytest.approx(-float(entropy.mean()), rel=1e-5)
+    assert stats["train/approx_kl"] == 0.0 and stats["train/clip_fraction"] == 0.0
+    assert stats["train/n_updates"] == 2.0
 
 
-def test_entropy_coefficient_still_matters():
-    policy = make_policy()
-    batch = synthetic_batch(policy, n=64, seed=0)
-    twin = copy.deepcopy(policy)
-    ppo_update(policy, make_optimizer(policy, 1e-3), batch, PPOConfig(batch_size=64, epochs=2), Precision("fp32"), 0.2)
-    ppo_update(twin, make_optimizer(twin, 1e-3), batch, PPOConfig(batch_size=64, epochs=2, entropy_coef=0.5),
-               Precision("fp32"), 0.2)
-    assert not torch.allclose(policy.pi_head.weight, twin.pi_head.weight)
-
-
-def test_target_kl_stops_early():
-    policy = make_policy()
-    batch = synthetic_batch(policy, n=64, seed=0)
-    stats = ppo_update(policy, make_optimizer(policy, 0.1), batch, PPOConfig(batch_size=64, epochs=20, target_kl=1e-4),
-                       Precision("fp32"), 0.2)
-    assert stats["train/early_stop"] == 1.0 and stats["train/n_updates"] < 20
-
-
-def test_flat_adam_public_step_fallback_matches_kernel_path():
-    """If the private fused kernel is unavailable (another torch), ``clip_and_step`` uses ``step()``: same result."""
-    import copy
-
-    import gymnasium as gym
-
-    from rlhf.optim import make_optimizer
-    from rlhf.policies import ActorCritic
-    from rlhf.testing import synthetic_batch
-
-    env = gym.make("CartPole-v1")
-    torch.manual_seed(0)
-    p1 = ActorCritic(env.observation_space, env.action_space)
-    p2 = copy.deepcopy(p1)
-    o1, o2 = make_optimizer(p1, 1e-3), make_optimizer(p2, 1e-3)
-    o2._kernel_ok = False
-    batch = synthetic_batch(p1, 64)
-    for policy, opt in ((p1, o1), (p2, o2)):
-        for _ in range(3):
-            opt.zero_grad()
-            out, value = policy(batch.obs)
-            (out.sum() + value.sum()).backward()
-            opt.clip_and_step(0.5)
-    for a, b in zip(p1.parameters(), p2.parameters()):
-        assert torch.equal(a.detach(), b.detach())
+def test_the_loop_fits_one_screen_and_never_asks_what_the_optimizer_is():
+    source = inspect.getsource(ppo_update)
+    assert len(source.splitlines()) <= 60
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("isinstance", "getattr", "hasattr", "type"):
+            assert "optimizer" not in ast.unparse(node), ast.unparse(node)
