@@ -19,12 +19,11 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(state: dict, run_dir: str | Path, step: int, keep: int = 3) -> Path:
-    """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep``."""
-    folder = checkpoint_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"step_{step:012d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
+def save_file(state: dict, target: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``target``, fsync, then rename over it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp_", suffix=".pt")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -34,6 +33,12 @@ def save_checkpoint(state: dict, run_dir: str | Path, step: int, keep: int = 3) 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return target
+
+
+def save_checkpoint(state: dict, run_dir: str | Path, step: int, keep: int = 3) -> Path:
+    """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep``."""
+    target = save_file(state, checkpoint_dir(run_dir) / f"step_{step:012d}.pt")
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return target

@@ -14,9 +14,26 @@ def _default_run_dir(config_path: str) -> Path:
     return Path("runs") / f"{Path(config_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def _trainer(cfg):
+    """The gym Trainer, or the text pipeline's when the config has a ``text`` section."""
+    if cfg.text is not None:
+        from rlhf.text.pipeline import TextTrainer
+
+        return TextTrainer
+    from rlhf.trainer import Trainer
+
+    return Trainer
+
+
+def _is_text_run(target: str) -> bool:
+    from rlhf.config import read_yaml
+
+    path = Path(target)
+    return path.is_dir() and (path / "config.yaml").is_file() and bool(read_yaml(path).get("text"))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rlhf.config import load_config
-    from rlhf.trainer import Trainer
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -27,15 +44,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                               f"not {args.config!r}")
         overrides = ([args.config] if args.config else []) + args.overrides
         cfg = load_config(run_dir / "config.yaml", overrides)
-        trainer = Trainer(cfg, run_dir, resume=True)
+        trainer = _trainer(cfg)(cfg, run_dir, resume=True)
     else:
         if not args.config:
             raise ConfigError("rlhf train needs a config file, e.g. rlhf train configs/cartpole.yaml")
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config)
-        trainer = Trainer(cfg, run_dir)
+        trainer = _trainer(cfg)(cfg, run_dir)
     print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
     stats = trainer.train()
+    if cfg.text is not None:
+        state = "finished" if not trainer.stop.requested else "stopped; continue with --resume"
+        print(f"{state}: stages {', '.join(cfg.text_stages)} in {run_dir}", file=sys.stderr)
+        return 0
     done = trainer.global_step >= cfg.total_timesteps
     state = "finished" if done else "stopped; continue with --resume"
     print(f"{state} at step {trainer.global_step}: ep_rew_mean {stats.get('rollout/ep_rew_mean', float('nan')):.2f}"
@@ -44,6 +65,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if _is_text_run(args.target):
+        return _eval_text(args)
+    if args.overoptimization:
+        raise ConfigError("--overoptimization applies to text runs (configs with a text: section)")
     from rlhf.evaluate import load_policy, run_episodes
 
     from rlhf.integrations import for_env
@@ -73,6 +98,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_text(args: argparse.Namespace) -> int:
+    from rlhf.text.evaluate import evaluate_text_run, overoptimization_report
+
+    result = evaluate_text_run(args.target, args.overrides, prompts=args.prompts)
+    if args.overoptimization:
+        report = overoptimization_report(args.target)
+        result["overoptimized"] = report["summary"]["over_optimized"]
+        print(f"wrote {Path(args.target) / 'overoptimization.png'} and .json", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from rlhf.text.evaluate import sample_texts
+
+    if args.n < 1:
+        raise ConfigError(f"-n {args.n}: ask for at least one sample")
+    rows = sample_texts(args.target, args.prompt, args.n, args.stage, args.seed)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(f"{row['prompt']} | {row['response']}")
+    return 0
+
+
 def cmd_model_size(args: argparse.Namespace) -> int:
     from rlhf.config import load_config
     from rlhf.precision import format_model_size_table, model_size_table
@@ -81,11 +135,42 @@ def cmd_model_size(args: argparse.Namespace) -> int:
 
     target = Path(args.target)
     cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
+    if cfg.text is not None:
+        return _text_model_size(cfg)
     envs = make_vec_env(cfg.env, num_envs=1)
     policy = build_policy(cfg, envs.single_observation_space, envs.single_action_space, "cpu")
     envs.close()
     rows = model_size_table(policy, optimizer="adam", train_mode=cfg.precision.train)
     print(format_model_size_table(rows))
+    return 0
+
+
+def _text_model_size(cfg) -> int:
+    """The PPO policy's table, and what the reference costs: a frozen copy, or nothing with LoRA."""
+    from rlhf.precision import format_model_size_table, model_size_table
+    from rlhf.text.model import GPT, GPTConfig
+    from rlhf.text.task import Task
+    from rlhf.text.tokenizer import Tokenizer
+
+    m, t = cfg.text.model, cfg.text
+    gpt = GPT(GPTConfig(vocab_size=Tokenizer(Task.vocabulary).vocab_size, block_size=m.block_size,
+                        n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, value_head=t.advantage == "gae"))
+    print(f"text policy: {gpt.num_params(non_embedding=False):,} parameters")
+    print(format_model_size_table(model_size_table(gpt, optimizer="adam", train_mode=cfg.precision.train)))
+    if t.lora is None:
+        ref = sum(p.numel() * p.element_size() for n, p in gpt.named_parameters() if not n.startswith("value_head"))
+        print(f"reference policy: a frozen fp32 copy of the SFT model, {ref:,} bytes")
+        return 0
+    from rlhf.text.lora import apply_lora, memory_report
+
+    apply_lora(gpt, rank=t.lora.rank, alpha=t.lora.alpha, target_modules=t.lora.target_modules,
+               quantize_base=t.lora.quantize_base, trainable_extra=("value_head",) if gpt.value_head else ())
+    r = memory_report(gpt)
+    base = f"{t.lora.quantize_base} " if t.lora.quantize_base else "fp32 "
+    print(f"LoRA rank {t.lora.rank}: {r['trainable_params']:,} trainable parameters "
+          f"({100 * r['trainable_fraction']:.2f}%), frozen {base}base {r['base_bytes']:,} bytes, adapters "
+          f"{r['adapter_bytes']:,} bytes, Adam state {r['optimizer_bytes']:,} bytes")
+    print(f"reference policy: the same base with adapters disabled, {r['reference_copy_bytes']} extra bytes")
     return 0
 
 
@@ -130,7 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--deterministic", action="store_true", help="take the most likely action")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--video", metavar="OUT.gif", help="record the first evaluation episode")
+    ev.add_argument("--prompts", type=int, help="text runs: held-out prompts to sample (default text.eval_prompts)")
+    ev.add_argument("--overoptimization", action="store_true",
+                    help="text runs: write overoptimization.png/.json (gold and proxy vs sqrt KL)")
     ev.set_defaults(func=cmd_eval)
+
+    sa = sub.add_parser("sample", help="print generations of a text run's policy")
+    sa.add_argument("target", metavar="RUN_DIR")
+    sa.add_argument("--prompt", help="a prompt in the task's words (default: held-out prompts)")
+    sa.add_argument("-n", type=int, default=5, help="how many samples")
+    sa.add_argument("--stage", default="ppo", help="sft or ppo (default: the last stage's policy)")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--json", action="store_true", help="print a JSON list of {prompt, response}")
+    sa.set_defaults(func=cmd_sample)
 
     ms = sub.add_parser("model-size", help="parameter count and bytes per precision")
     ms.add_argument("target", metavar="CONFIG_OR_RUN_DIR")

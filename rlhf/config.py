@@ -180,6 +180,94 @@ class CheckpointConfig(Section):
     keep: int = Field(3, ge=1, description="how many recent checkpoints to keep")
 
 
+class TextModelConfig(Section):
+    """The tiny GPT (nanoGPT-shaped) used for the policy, the reference and the reward model."""
+
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    block_size: int = Field(48, ge=8, description="longest prompt + response, in tokens")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="SFT and reward-model training only; off in RL")
+
+    @model_validator(mode="after")
+    def _heads(self) -> "TextModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"text.model.n_embd = {self.n_embd} must be a multiple of text.model.n_head = {self.n_head}")
+        return self
+
+
+class SFTConfig(Section):
+    steps: int = Field(600, ge=0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0)
+    corpus_size: int = Field(20_000, ge=16, description="demonstrations sampled from the task's grammar")
+
+
+class RewardModelConfig(Section):
+    pairs: int = Field(4096, ge=16, description="training preference pairs, sampled from the SFT policy")
+    val_pairs: int = Field(1024, ge=16, description="held-out pairs (held-out prompts) for rm/accuracy")
+    label_noise: float = Field(0.5, gt=0.0, description="Bradley-Terry temperature of the simulated labellers")
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(3e-4, gt=0.0)
+
+
+class LoRAConfig(Section):
+    """Low-rank adapters on the policy; the reference is the same base with adapters off."""
+
+    rank: int = Field(4, ge=1, description="4 keeps the default GPT under 5% trainable")
+    alpha: float = Field(16.0, gt=0.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    quantize_base: Optional[Literal["int8", "nf4"]] = Field(None, description="QLoRA: freeze the base quantized")
+
+
+class AdaptiveKLConfig(Section):
+    """Ziegler et al. (2019): beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) n / horizon)."""
+
+    target: float = Field(4.0, gt=0.0, description="KL per response (summed over tokens), nats")
+    horizon: int = Field(2000, ge=1, description="responses over which beta can move by ~e^0.2")
+
+
+class TextConfig(Section):
+    """The toy RLHF pipeline: SFT -> reward model -> PPO with a per-token KL penalty."""
+
+    model: TextModelConfig = Field(default_factory=TextModelConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    updates: int = Field(60, ge=0, description="PPO iterations (generate -> score -> update)")
+    prompts_per_update: int = Field(64, ge=1)
+    num_generations: int = Field(1, ge=1, description="samples per prompt (rloo/grpo need >= 2)")
+    advantage: Literal["gae", "rloo", "grpo"] = "gae"
+    max_new_tokens: int = Field(24, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_k: Optional[int] = Field(None, ge=1)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    kl_coef: float = Field(0.1, ge=0.0, description="beta of the per-token KL penalty to the SFT reference")
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    adaptive_kl: Optional[AdaptiveKLConfig] = None
+    missing_eos_penalty: Optional[float] = Field(1.0, ge=0.0, description="subtracted from the score of a "
+                                                 "response that never emitted EOS")
+    whiten_rewards: bool = False
+    reward_function: Optional[str] = Field(None, description="a .py file with reward_function(prompt, response) "
+                                           "-> float; replaces the learned reward model")
+    init_from: Optional[str] = Field(None, description="a run directory whose SFT / reward-model stages to reuse")
+    lora: Optional[LoRAConfig] = None
+    sample_every: int = Field(10, ge=1, description="log sample generations every N updates")
+    snapshot_every: int = Field(10, ge=1, description="keep the policy every N updates (over-optimisation plot)")
+    eval_prompts: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _groups(self) -> "TextConfig":
+        if self.advantage in ("rloo", "grpo") and self.num_generations < 2:
+            raise ValueError(f"text.advantage = {self.advantage!r} compares samples of the same prompt: set "
+                             f"text.num_generations >= 2 (got {self.num_generations})")
+        return self
+
+
+STAGES = ("sft", "reward_model", "ppo")
+
+
 class Config(Section):
     """A whole run: everything needed to reproduce it is in here."""
 
@@ -193,6 +281,19 @@ class Config(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: Optional[int] = Field(1, ge=1, description="CPU threads for torch; 1 is fastest for small nets")
+    text: Optional[TextConfig] = Field(None, description="train the toy RLHF text pipeline instead of a gym env")
+    stages: Optional[list[Literal["sft", "reward_model", "ppo"]]] = Field(
+        None, description="text runs: which stages to run, in order (default: sft, reward_model, ppo)")
+
+    @model_validator(mode="after")
+    def _stages(self) -> "Config":
+        if self.stages is not None and self.text is None:
+            raise ValueError("stages applies to text runs only (add a text: section)")
+        return self
+
+    @property
+    def text_stages(self) -> list[str]:
+        return [s for s in STAGES if s in self.stages] if self.stages is not None else list(STAGES)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -345,7 +446,7 @@ def format_validation_error(exc: ValidationError) -> str:
             lines.append(f"{key}: unknown key{_did_you_mean(loc)}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
-        if msg.startswith("ppo.") or not key:
+        if msg.startswith(("ppo.", "text.")) or not key:
             lines.append(msg)
         elif err["type"] == "missing":
             lines.append(f"{key}: required key is missing")

@@ -15,8 +15,10 @@ from rlhf.config import LoggingConfig
 class Logger:
     """Writes scalars to ``run_dir`` and shows steps/s and recent return while training."""
 
-    def __init__(self, run_dir: str | Path, cfg: LoggingConfig, total_steps: int, start_step: int = 0) -> None:
-        self.cfg = cfg
+    def __init__(self, run_dir: str | Path, cfg: LoggingConfig, total_steps: int, start_step: int = 0,
+                 headline: tuple[str, str] = ("rollout/ep_rew_mean", "return")) -> None:
+        """``headline``: (stat key, label) shown beside steps/s in the console."""
+        self.cfg, self.headline = cfg, headline
         self.writer = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -30,7 +32,7 @@ class Logger:
         if cfg.progress_bar and sys.stderr.isatty():
             self.progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[fps]:>7.0f} steps/s"),
-                                     TextColumn("return {task.fields[ret]}"), TimeRemainingColumn(),
+                                     TextColumn(headline[1] + " {task.fields[ret]}"), TimeRemainingColumn(),
                                      console=self.console, transient=False)
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step, fps=0.0, ret="-")
             self.progress.start()
@@ -44,7 +46,7 @@ class Logger:
             for key, value in stats.items():
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):
                     self.writer.add_scalar(key, value, step)
-        ret = stats.get("rollout/ep_rew_mean")
+        ret = stats.get(self.headline[0])
         ret_text = "-" if ret is None or math.isnan(ret) else f"{ret:.1f}"
         if self.progress is not None:
             self.progress.update(self.task, completed=min(step, self.total), fps=stats.get("time/fps", 0.0), ret=ret_text)
@@ -53,11 +55,11 @@ class Logger:
             if tenth != self._last_print:
                 self._last_print = tenth
                 self.console.print(f"step {step:>9d}/{self.total}  {stats.get('time/fps', 0.0):7.0f} steps/s  "
-                                   f"return {ret_text}", highlight=False)
+                                   f"{self.headline[1]} {ret_text}", highlight=False)
 
-    def text(self, tag: str, body: str) -> None:
+    def text(self, tag: str, body: str, step: int = 0) -> None:
         if self.writer is not None:
-            self.writer.add_text(tag, body, 0)
+            self.writer.add_text(tag, body, step)
 
     def hparams(self, hparams: dict[str, float | str | bool], metrics: tuple[str, ...]) -> None:
         """Hyperparameters into the same event file (the HPARAMS tab), as Stable-Baselines3 does."""

@@ -1,0 +1,259 @@
+"""The three stages in one run directory: SFT -> reward model -> PPO, each stage's result kept.
+
+    RUN/config.yaml            resolved config
+    RUN/tokenizer.json         the word-level vocabulary the models were trained with
+    RUN/sft/model.pt           stage 1: the supervised policy (also PPO's initial policy and reference)
+    RUN/reward_model/model.pt  stage 2: the Bradley-Terry reward model (the proxy)
+    RUN/checkpoints/step_*.pt  stage 3: resumable PPO checkpoints (step = response tokens generated)
+    RUN/ppo/snapshots/         the PPO policy every ``text.snapshot_every`` updates (over-optimisation plot)
+    RUN/events.out.tfevents.*  TensorBoard: sft/*, rm/*, objective/*, train/*, samples as text
+
+``stages=[...]`` runs a subset; ``text.init_from=OTHER_RUN`` copies another run's SFT / reward-model results
+(and tokenizer) in; a ``text.reward_function`` file is copied to ``RUN/user/``. ``--resume`` skips finished
+stages and continues PPO from its newest checkpoint.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf.build import build_optimizer, build_precision, ppo_settings, resolve_device
+from rlhf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_file
+from rlhf.config import Config, save_config
+from rlhf.errors import ConfigError
+from rlhf.logger import Logger
+from rlhf.text.model import GPT, GPTConfig
+from rlhf.text.policy import TextPolicy
+from rlhf.text.task import Task
+from rlhf.text.tokenizer import Tokenizer
+
+SFT_FILE, RM_FILE, TOKENIZER_FILE = Path("sft/model.pt"), Path("reward_model/model.pt"), Path("tokenizer.json")
+
+
+# ----------------------------------------------------------------------------- loading a run's models
+
+def save_model(model: GPT, path: Path, **extra) -> None:
+    save_file({"gpt_config": asdict(model.config), "model": model.state_dict(), **extra}, path)
+
+
+def load_model(path: Path, **config_changes) -> tuple[GPT, dict]:
+    """A GPT from ``save_model``'s file (heads and dropout may be changed); also returns the file's dict."""
+    if not path.is_file():
+        raise ConfigError(f"{str(path)!r} not found: run that stage first (or point text.init_from at a run that has it)")
+    state = load_checkpoint(path)
+    model = GPT(GPTConfig(**{**state["gpt_config"], **config_changes}))
+    model.load_state_dict(state["model"], strict=False)
+    return model, state
+
+
+def adopt_files(cfg: Config, run_dir: Path) -> Config:
+    """Copy what this run reuses into it, so it stands alone: another run's stages (``text.init_from``) and
+    the user's reward file. Returns the config pointing at the copies."""
+    text = cfg.text
+    if text.init_from is not None:
+        src = Path(text.init_from)
+        if not (src / SFT_FILE).is_file():
+            raise ConfigError(f"text.init_from = {text.init_from!r}: no {SFT_FILE} there (is it a text run directory?)")
+        for relative in (TOKENIZER_FILE, SFT_FILE, RM_FILE):
+            if (src / relative).is_file() and not (run_dir / relative).is_file():
+                (run_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / relative, run_dir / relative)
+    if text.reward_function is not None:
+        src = Path(text.reward_function)
+        if not src.is_file():
+            raise ConfigError(f"text.reward_function = {text.reward_function!r}: file not found")
+        copy = run_dir / "user" / "reward_function.py"
+        if src.resolve() != copy.resolve():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, copy)
+        text = text.model_copy(update={"reward_function": str(copy)})
+    return cfg.model_copy(update={"text": text})
+
+
+def load_reward(cfg: Config, run_dir: Path, tokenizer: Tokenizer, device: torch.device):
+    """The PPO score function: ``text.reward_function`` (a user callable) or the run's reward model."""
+    from rlhf.text.reward_model import RewardModel
+    from rlhf.text.rewards import call_reward, load_reward_function
+
+    if cfg.text.reward_function:
+        fn = load_reward_function(cfg.text.reward_function)
+        return lambda prompts, responses, gen: call_reward(fn, prompts, responses)
+    state = load_checkpoint(run_dir / RM_FILE) if (run_dir / RM_FILE).is_file() else None
+    if state is None:
+        raise ConfigError(f"{str(run_dir / RM_FILE)!r} not found: run the reward_model stage, set text.init_from to "
+                          "a run that has one, or score with text.reward_function")
+    rm = RewardModel(GPTConfig(**state["gpt_config"]))
+    rm.load_state_dict(state["model"])
+    rm.to(device).eval()
+    return lambda prompts, responses, gen: rm.score(gen.sequences, gen.attention_mask).float().cpu()
+
+
+def build_policy(cfg: Config, run_dir: Path, device: torch.device):
+    """(policy, reference log-prob function) for PPO and its evaluation, both starting from the run's SFT.
+
+    The policy gets a zero-initialised value head for GAE (none for RLOO/GRPO). With LoRA the reference is
+    the same model inside ``adapters_disabled`` (no second copy in memory); otherwise a frozen SFT copy.
+    """
+    t = cfg.text
+    base, _ = load_model(run_dir / SFT_FILE, dropout=0.0, value_head=t.advantage == "gae")
+    base = base.to(device)
+    policy = TextPolicy(base, t.temperature)
+    if t.lora is not None:
+        from rlhf.text.lora import adapters_disabled, apply_lora
+
+        apply_lora(base, rank=t.lora.rank, alpha=t.lora.alpha, target_modules=t.lora.target_modules,
+                   dropout=t.lora.dropout, quantize_base=t.lora.quantize_base,
+                   trainable_extra=("value_head",) if base.value_head is not None else ())
+
+        def reference(obs, actions):
+            with torch.no_grad(), adapters_disabled(base):
+                return policy.evaluate_actions(obs, actions)[0]
+        return policy, reference
+    ref_model, _ = load_model(run_dir / SFT_FILE, dropout=0.0)
+    ref = TextPolicy(ref_model.to(device).requires_grad_(False).eval(), t.temperature)
+    return policy, ref.logprobs
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+class TextTrainer:
+    """Runs ``cfg.text_stages`` into ``run_dir``; the same CLI verbs as the gym trainer."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
+        if cfg.precision.qat:
+            raise ConfigError("precision.qat applies to gym policies only; text runs quantize through "
+                              "precision.rollout or text.lora.quantize_base")
+        self.cfg, self.text, self.run_dir, self.resume = cfg, cfg.text, Path(run_dir), resume
+        if not resume and (latest_checkpoint(self.run_dir) or (self.run_dir / SFT_FILE).exists()):
+            raise ConfigError(f"run directory {str(self.run_dir)!r} already holds a run: continue it with "
+                              f"--resume {self.run_dir}, or choose another --run-dir")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg = adopt_files(cfg, self.run_dir)
+        self.text = cfg.text
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        self.device = resolve_device(cfg.device)
+        self.task = Task(seed=cfg.seed)
+        self.tokenizer = self._tokenizer()
+        save_config(cfg, self.run_dir / "config.yaml")
+        self.global_step = 0
+        self.last_stats: dict[str, float] = {}
+
+    def _tokenizer(self) -> Tokenizer:
+        path = self.run_dir / TOKENIZER_FILE
+        if path.is_file():
+            return Tokenizer.load(path)
+        tokenizer = Tokenizer(self.task.vocabulary)
+        tokenizer.save(path)
+        return tokenizer
+
+    def train(self) -> dict[str, float]:
+        from rlhf.trainer import StopFlag
+
+        total = self.text.updates * self.text.prompts_per_update * self.text.num_generations * self.text.max_new_tokens
+        self.logger = Logger(self.run_dir, self.cfg.logging, total, headline=("objective/scores", "score"))
+        try:
+            with StopFlag() as self.stop:
+                for stage in self.cfg.text_stages:
+                    if self.stop.requested:
+                        break
+                    getattr(self, f"stage_{stage}")()
+        finally:
+            self.logger.close()
+        return self.last_stats
+
+    # ------------------------------------------------------------------ stage 1
+    def stage_sft(self) -> None:
+        from rlhf.text.sft import train_sft
+
+        if self.resume and (self.run_dir / SFT_FILE).is_file():
+            return
+        torch.manual_seed(self.cfg.seed)
+        m, s = self.text.model, self.text.sft
+        model = GPT(GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=m.block_size, n_layer=m.n_layer,
+                              n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout)).to(self.device)
+        self.logger.console.print(f"stage 1/3 sft: {model.num_params() / 1e6:.2f}M parameters, {s.steps} steps")
+        metrics = train_sft(model, self.tokenizer, self.task, steps=s.steps, batch_size=s.batch_size,
+                            lr=s.learning_rate, corpus_size=s.corpus_size, seed=self.cfg.seed, log=self.logger.log)
+        save_model(model, self.run_dir / SFT_FILE, metrics=metrics)
+        self.last_stats = metrics
+        self.logger.console.print(f"sft: val perplexity {metrics['sft/val_perplexity']:.2f} "
+                                  f"({metrics['sft/seconds']:.0f} s)")
+
+    # ------------------------------------------------------------------ stage 2
+    def stage_reward_model(self) -> None:
+        from rlhf.text.reward_model import RewardModel, train_reward_model
+
+        if self.resume and (self.run_dir / RM_FILE).is_file():
+            return
+        sft, _ = load_model(self.run_dir / SFT_FILE, dropout=0.0)
+        sft = sft.to(self.device)
+        r = self.text.reward_model
+        self.logger.console.print(f"stage 2/3 reward model: {r.pairs} preference pairs, label noise {r.label_noise}")
+        rm = RewardModel.from_sft(load_model(self.run_dir / SFT_FILE)[0].to(self.device))
+        metrics = train_reward_model(rm, sft, self.tokenizer, self.task, n_train_pairs=r.pairs, n_val_pairs=r.val_pairs,
+                                     steps=r.steps, batch_size=r.batch_size, lr=r.learning_rate,
+                                     label_noise=r.label_noise, max_new_tokens=self.text.max_new_tokens,
+                                     temperature=self.text.temperature, seed=self.cfg.seed, log=self.logger.log)
+        save_file({"gpt_config": asdict(rm.gpt.config), "model": rm.state_dict(), "metrics": metrics},
+                  self.run_dir / RM_FILE)
+        self.last_stats = metrics
+        self.logger.console.print(f"reward model: held-out accuracy {metrics['rm/accuracy']:.3f} "
+                                  f"(gold labels {metrics['rm/gold_label_accuracy']:.3f}, {metrics['rm/seconds']:.0f} s)")
+
+    # ------------------------------------------------------------------ stage 3
+    def build_ppo(self):
+        """The PPO stage's policy (SFT + value head, LoRA if asked), reference, reward and optimizer."""
+        from rlhf.text.ppo import TextPPO
+
+        policy, reference = build_policy(self.cfg, self.run_dir, self.device)
+        score = load_reward(self.cfg, self.run_dir, self.tokenizer, self.device)
+        optimizer = build_optimizer(self.cfg, policy)
+        precision = build_precision(self.cfg, policy, self.device)
+        return TextPPO(self.cfg, policy, self.tokenizer, self.task.prompts("train"), score, reference,
+                       ppo_settings(self.cfg.ppo), precision, optimizer, self.device)
+
+    def stage_ppo(self) -> None:
+        t = self.text
+        ppo = self.build_ppo()
+        if self.resume and latest_checkpoint(self.run_dir) is not None:
+            ppo.load_state_dict(load_checkpoint(latest_checkpoint(self.run_dir)))
+        elif ppo.updates == 0:
+            self.snapshot(ppo)
+        self.logger.step0 = ppo.global_step
+        self.logger.console.print(f"stage 3/3 ppo: {t.updates} updates x {t.prompts_per_update * t.num_generations} "
+                                  f"responses, advantage {t.advantage}, kl_coef {ppo.kl_coef:g}")
+        while ppo.updates < t.updates and not self.stop.requested:
+            t0 = time.perf_counter()
+            stats, ro = ppo.iteration()
+            stats["objective/gold_score"] = float(np.mean([self.task.gold_score(p, r)
+                                                           for p, r in zip(ro.prompts, ro.responses)]))
+            stats["time/iteration_seconds"] = time.perf_counter() - t0
+            stats["time/fps"] = self.logger.fps(ppo.global_step)
+            self.logger.log(stats, ppo.global_step)
+            if ppo.updates % t.sample_every == 0 or ppo.updates == 1:
+                self.logger.text("samples", sample_table(ro.prompts[:8], ro.responses[:8], ro.scores[:8].tolist()),
+                                 ppo.global_step)
+            if ppo.updates % t.snapshot_every == 0 or ppo.updates == t.updates:
+                self.snapshot(ppo)
+                save_checkpoint(ppo.state_dict(), self.run_dir, ppo.global_step, self.cfg.checkpoint.keep)
+            self.last_stats = stats
+        if self.stop.requested:
+            save_checkpoint(ppo.state_dict(), self.run_dir, ppo.global_step, self.cfg.checkpoint.keep)
+        self.global_step = ppo.global_step
+
+    def snapshot(self, ppo) -> None:
+        """The policy weights at this update, for the over-optimisation curve (update 0 = SFT)."""
+        save_file({"updates": ppo.updates, "global_step": ppo.global_step, "policy": ppo.policy.model.state_dict()},
+                  self.run_dir / "ppo" / "snapshots" / f"update_{ppo.updates:05d}.pt")
+
+
+def sample_table(prompts: list[str], responses: list[str], scores: list[float]) -> str:
+    """Markdown for TensorBoard's TEXT tab."""
+    rows = [f"| {p} | {r} | {s:.2f} |" for p, r, s in zip(prompts, responses, scores)]
+    return "| prompt | response | score |\n|---|---|---|\n" + "\n".join(rows)

@@ -1,0 +1,158 @@
+"""Stage 3: PPO on generated text through the shared core (``rlhf.ppo``), TRL's words for the objective.
+
+One iteration: sample prompts -> generate responses (KV cache, the acting copy in its rollout precision)
+-> score them (reward model or a user callable) -> log-probs and values of the learner and log-probs of
+the frozen reference (``evaluate_actions``, the call the update makes, so the first ratio is 1) ->
+per-token rewards (-beta * KL, score at the last real token) -> advantages (GAE over tokens, or RLOO /
+GRPO group baselines) -> ``ppo_update`` with a (B, T) token mask -> KL-coefficient control.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from rlhf.config import Config
+from rlhf.ppo.update import Batch, PPOSettings, ppo_update
+from rlhf.precision import Precision
+from rlhf.text.generate import GenerationOutput, generate
+from rlhf.text.policy import TextPolicy
+from rlhf.text.rewards import (AdaptiveKL, group_advantages, penalise_missing_eos, token_gae, token_rewards,
+                               whiten_rewards)
+from rlhf.text.tokenizer import Tokenizer
+
+# (prompts, responses, generation) -> raw scores (B,)
+ScoreFn = Callable[[list[str], list[str], GenerationOutput], Tensor]
+# (obs, actions) -> reference log-probs (B, T)
+ReferenceFn = Callable[[dict[str, Tensor], Tensor], Tensor]
+
+
+@dataclass
+class TextRollout:
+    """One iteration's samples and everything computed from them (rows = responses)."""
+
+    prompts: list[str]
+    responses: list[str]
+    generation: GenerationOutput
+    batch: Batch
+    scores: Tensor
+    kl: Tensor  # (B, T) per-token KL estimate to the reference
+    entropy: Tensor  # (B, T)
+    ended: Tensor  # (B,) emitted EOS
+
+
+class TextPPO:
+    """Owns the policy, its optimizer, the acting copy, the reference and the KL coefficient."""
+
+    def __init__(self, cfg: Config, policy: TextPolicy, tokenizer: Tokenizer, prompts: list[str], score: ScoreFn,
+                 reference: ReferenceFn, settings: PPOSettings, precision: Precision,
+                 optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+        self.cfg, self.text = cfg, cfg.text
+        self.policy, self.tokenizer, self.prompts = policy, tokenizer, prompts
+        self.score, self.reference, self.precision = score, reference, precision
+        self.optimizer, self.device = optimizer, device
+        group = self.text.advantage != "gae"
+        # group baselines have no critic; their advantages are already centred per prompt
+        self.settings = replace(settings, vf_coef=0.0, normalize_advantage=False) if group else settings
+        self.kl = AdaptiveKL(self.text.kl_coef, self.text.adaptive_kl.target, self.text.adaptive_kl.horizon) \
+            if self.text.adaptive_kl else None
+        self.kl_coef = self.text.kl_coef
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.actor = self._make_actor()
+        self.updates, self.global_step = 0, 0
+
+    # ------------------------------------------------------------------ acting copy
+    def _make_actor(self):
+        if self.cfg.precision.rollout == "fp32":
+            return self.policy.model
+        from rlhf.precision import make_actor
+
+        return make_actor(self.policy.model, self.cfg.precision.rollout)
+
+    def _refresh_actor(self) -> None:
+        if self.actor is not self.policy.model:
+            from rlhf.precision import refresh_actor
+
+            self.actor = refresh_actor(self.actor, self.policy.model)
+
+    # ------------------------------------------------------------------ one iteration
+    def next_prompts(self) -> list[str]:
+        """``prompts_per_update`` training prompts, each repeated ``num_generations`` times in a row."""
+        idx = torch.randint(len(self.prompts), (self.text.prompts_per_update,), generator=self.generator)
+        return [self.prompts[i] for i in idx.tolist() for _ in range(self.text.num_generations)]
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> TextRollout:
+        """Generate, score and turn scores into per-token rewards and advantages."""
+        t, tok = self.text, self.tokenizer
+        ids, pmask = tok.encode_batch(prompts)
+        gen = generate(self.actor, ids.to(self.device), pmask.to(self.device), t.max_new_tokens, tok.eos_id,
+                       tok.pad_id, temperature=t.temperature, top_k=t.top_k, top_p=t.top_p, generator=self.generator)
+        obs = {"input_ids": gen.sequences, "attention_mask": gen.attention_mask}
+        actions, mask = gen.response, gen.response_mask
+        self.policy.eval()
+        with self.precision.autocast():
+            logp, entropy, values = self.policy.evaluate_actions(obs, actions)
+            ref_logp = self.reference(obs, actions)
+        responses = [tok.decode(row[: int(n)]) for row, n in zip(actions.tolist(), mask.sum(1).tolist())]
+        ended = (actions == tok.eos_id).any(1)
+        scores = penalise_missing_eos(self.score(prompts, responses, gen).to(self.device), ended, t.missing_eos_penalty)
+        rewards, kl = token_rewards(scores, logp, ref_logp.float(), mask, self.kl_coef, t.kl_estimator)
+        if t.whiten_rewards:
+            rewards = whiten_rewards(rewards, mask)
+        if t.advantage == "gae":
+            ppo = self.cfg.ppo
+            advantages, returns = token_gae(rewards, values, mask, ppo.discount_factor, ppo.gae_lambda)
+        else:
+            advantages = group_advantages(rewards, mask, t.num_generations, t.advantage)
+            values = returns = torch.zeros_like(advantages)
+        batch = Batch(obs, actions, logp, values, advantages, returns, mask.float())
+        return TextRollout(prompts, responses, gen, batch, scores, kl, entropy, ended)
+
+    def iteration(self) -> tuple[dict[str, float], TextRollout]:
+        """One generate -> score -> update cycle; returns (stats in TRL's and SB3's words, the rollout)."""
+        ro = self.rollout(self.next_prompts())
+        self.policy.train()
+        self.policy.model.eval()  # dropout stays off in RL: the ratio must compare the same function
+        stats = ppo_update(self.policy, self.optimizer, ro.batch, self.settings, self.precision)
+        mask = ro.batch.mask
+        kl_per_response = float(ro.kl.sum(1).mean())
+        non_score = -self.kl_coef * kl_per_response
+        stats.update({
+            "objective/kl": kl_per_response,
+            "objective/kl_coef": self.kl_coef,
+            "objective/scores": float(ro.scores.mean()),
+            "objective/non_score_reward": non_score,
+            "objective/rlhf_reward": float(ro.scores.mean()) + non_score,
+            "objective/entropy": float((ro.entropy * mask).sum(1).mean()),
+            "val/num_eos_tokens": float(ro.ended.sum()),
+            "val/mean_response_length": float(mask.sum(1).mean()),
+        })
+        if self.kl is not None:
+            self.kl_coef = self.kl.update(kl_per_response, len(ro.prompts))
+        self._refresh_actor()
+        self.updates += 1
+        self.global_step += int(mask.sum())
+        stats.update(self.precision.stats())
+        return stats, ro
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "precision": self.precision.state_dict(),
+                "counters": {"updates": self.updates, "global_step": self.global_step, "kl_coef": self.kl_coef},
+                "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.model.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state["precision"])
+        c = state["counters"]
+        self.updates, self.global_step, self.kl_coef = c["updates"], c["global_step"], c["kl_coef"]
+        if self.kl is not None:
+            self.kl.value = self.kl_coef
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        self._refresh_actor()
