@@ -164,7 +164,8 @@ def overoptimization_stats(rl_points: Sequence[dict], tol: float = 0.1) -> dict[
     stats: dict[str, Any] = {"tol": tol, "num_points": k, "tail_start_step": None,
                              "proxy_gain_last_third": None, "gold_gain_last_third": None,
                              "gold_peak": None, "gold_peak_step": None, "gold_end": None,
-                             "gold_drop_from_peak": None, "over_optimized": False}
+                             "gold_drop_from_peak": None, "proxy_gain_since_gold_peak": None,
+                             "over_optimized": False}
     if k < 3:
         return stats
     start = min((2 * k) // 3, k - 2)                    # last third, at least two points
@@ -175,10 +176,11 @@ def overoptimization_stats(rl_points: Sequence[dict], tol: float = 0.1) -> dict[
                  proxy_gain_last_third=proxy[-1] - proxy[start],
                  gold_gain_last_third=gold[-1] - gold[start],
                  gold_peak=gold[peak], gold_peak_step=pts[peak]["step"], gold_end=gold[-1],
-                 gold_drop_from_peak=gold[peak] - gold[-1])
+                 gold_drop_from_peak=gold[peak] - gold[-1], proxy_gain_since_gold_peak=proxy[-1] - proxy[peak])
     proxy_up = stats["proxy_gain_last_third"] > tol
     gold_not_up = stats["gold_drop_from_peak"] >= tol or stats["gold_gain_last_third"] <= 0
-    stats["over_optimized"] = bool(proxy_up and gold_not_up)
+    fell_while_proxy_rose = stats["proxy_gain_since_gold_peak"] > tol and stats["gold_drop_from_peak"] >= tol
+    stats["over_optimized"] = bool((proxy_up and gold_not_up) or fell_while_proxy_rose)
     return stats
 
 
@@ -188,9 +190,11 @@ def over_optimized(rl_points: Sequence[dict], tol: float = 0.1) -> bool:
     Rule, on the checkpoints sorted by step (each ``{"step", "gold", "proxy"}``), with the last
     third of the run starting at index min(floor(2k/3), k-2) of k points:
 
-        proxy gain over the last third > tol
-        and (gold at the end <= max gold over the run - tol      # fell from its peak
-             or gold gain over the last third <= 0)              # stalled
+        (proxy gain over the last third > tol
+         and (gold at the end <= max gold over the run - tol     # fell from its peak
+              or gold gain over the last third <= 0))            # stalled
+        or (proxy gain since the gold peak > tol                 # the proxy kept climbing after
+            and gold at the end <= gold peak - tol)              # gold peaked, and gold fell
 
     ``tol`` is in score units (gold and proxy share one scale: the proxy is a Bradley-Terry fit to
     labels drawn from the gold score). Fewer than 3 checkpoints: False (no evidence). Differences
@@ -252,8 +256,9 @@ def report(rl_points: Sequence[dict], bon_points: Sequence[dict], path_prefix: s
     rl_peak_d = rl_fits["gold"]["peak_sqrt_kl"]
     summary = {
         "over_optimized": stats["over_optimized"],
-        "over_optimization_rule": "proxy gain over the last third of the run > tol and (final gold <= "
-                                  "peak gold - tol or gold gain over the last third <= 0)",
+        "over_optimization_rule": "(proxy gain over the last third of the run > tol and (final gold <= "
+                                  "peak gold - tol or gold gain over the last third <= 0)) or (proxy gain "
+                                  "since the gold peak > tol and final gold <= peak gold - tol)",
         **{k: v for k, v in stats.items() if k != "over_optimized"},
         "rl_gold_fit_peak_sqrt_kl": rl_peak_d,
         "rl_gold_fit_peak": rl_fits["gold"]["peak_score"],

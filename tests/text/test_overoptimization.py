@@ -187,3 +187,13 @@ def test_report_handles_missing_points_with_nulls(tmp_path):
     assert (tmp_path / "oo2.png").stat().st_size > 0
     with pytest.raises(ValueError, match="baseline"):
         report(rl, [], tmp_path / "oo3")
+
+
+def test_over_optimized_when_gold_falls_after_its_peak_while_the_proxy_saturates_higher():
+    """The KL-free run's shape: gold peaks early and falls; the proxy climbs past its value there, then plateaus."""
+    gold = [0.0, 1.8, 1.2, -0.2, -1.0, -1.5, -2.4, -1.9, -0.5, -0.4, -0.4]
+    proxy = [0.0, 1.2, 1.5, 1.67, 1.68, 1.69, 1.70, 1.69, 1.72, 1.72, 1.68]
+    pts = [{"step": 6 * i, "gold": g, "proxy": p} for i, (g, p) in enumerate(zip(gold, proxy))]
+    assert over_optimized(pts)
+    both_up = [{"step": i, "gold": 0.1 * i, "proxy": 0.1 * i} for i in range(11)]
+    assert not over_optimized(both_up)
