@@ -119,6 +119,18 @@ def build_policy(cfg: Config, run_dir: Path, device: torch.device):
     return policy, ref.logprobs
 
 
+def build_text_ppo(cfg: Config, run_dir: Path, tokenizer: Tokenizer, task: Task, device: torch.device):
+    """The PPO stage's ``TextPPO``: policy and reference from the run's SFT, reward, optimizer, precision."""
+    from rlhf.text.ppo import TextPPO
+
+    policy, reference = build_policy(cfg, run_dir, device)
+    score = load_reward(cfg, run_dir, tokenizer, device)
+    optimizer = build_optimizer(cfg, policy)
+    precision = build_precision(cfg, policy, device)
+    return TextPPO(cfg, policy, tokenizer, task.prompts("train"), score, reference, ppo_settings(cfg.ppo),
+                   precision, optimizer, device)
+
+
 # ----------------------------------------------------------------------------- the trainer
 
 class TextTrainer:
@@ -207,20 +219,9 @@ class TextTrainer:
                                   f"(gold labels {metrics['rm/gold_label_accuracy']:.3f}, {metrics['rm/seconds']:.0f} s)")
 
     # ------------------------------------------------------------------ stage 3
-    def build_ppo(self):
-        """The PPO stage's policy (SFT + value head, LoRA if asked), reference, reward and optimizer."""
-        from rlhf.text.ppo import TextPPO
-
-        policy, reference = build_policy(self.cfg, self.run_dir, self.device)
-        score = load_reward(self.cfg, self.run_dir, self.tokenizer, self.device)
-        optimizer = build_optimizer(self.cfg, policy)
-        precision = build_precision(self.cfg, policy, self.device)
-        return TextPPO(self.cfg, policy, self.tokenizer, self.task.prompts("train"), score, reference,
-                       ppo_settings(self.cfg.ppo), precision, optimizer, self.device)
-
     def stage_ppo(self) -> None:
         t = self.text
-        ppo = self.build_ppo()
+        ppo = build_text_ppo(self.cfg, self.run_dir, self.tokenizer, self.task, self.device)
         if self.resume and latest_checkpoint(self.run_dir) is not None:
             ppo.load_state_dict(load_checkpoint(latest_checkpoint(self.run_dir)))
         elif ppo.updates == 0:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from rlhf.config import Config
+from rlhf.ppo.advantages import masked_mean
 from rlhf.ppo.update import Batch, PPOSettings, ppo_update
 from rlhf.precision import Precision
 from rlhf.text.generate import GenerationOutput, generate
@@ -92,7 +93,6 @@ class TextPPO:
                        tok.pad_id, temperature=t.temperature, top_k=t.top_k, top_p=t.top_p, generator=self.generator)
         obs = {"input_ids": gen.sequences, "attention_mask": gen.attention_mask}
         actions, mask = gen.response, gen.response_mask
-        self.policy.eval()
         with self.precision.autocast():
             logp, entropy, values = self.policy.evaluate_actions(obs, actions)
             ref_logp = self.reference(obs, actions)
@@ -114,8 +114,6 @@ class TextPPO:
     def iteration(self) -> tuple[dict[str, float], TextRollout]:
         """One generate -> score -> update cycle; returns (stats in TRL's and SB3's words, the rollout)."""
         ro = self.rollout(self.next_prompts())
-        self.policy.train()
-        self.policy.model.eval()  # dropout stays off in RL: the ratio must compare the same function
         stats = ppo_update(self.policy, self.optimizer, ro.batch, self.settings, self.precision)
         mask = ro.batch.mask
         kl_per_response = float(ro.kl.sum(1).mean())
@@ -130,6 +128,8 @@ class TextPPO:
             "val/num_eos_tokens": float(ro.ended.sum()),
             "val/mean_response_length": float(mask.sum(1).mean()),
         })
+        if self.actor is not self.policy.model:  # k1 estimate of KL(actor || learner), per token, as the gym trainer logs
+            stats["precision/actor_learner_kl"] = float(masked_mean(ro.generation.logprobs - ro.batch.logp, mask))
         if self.kl is not None:
             self.kl_coef = self.kl.update(kl_per_response, len(ro.prompts))
         self._refresh_actor()
