@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from pathlib import Path
 
@@ -20,32 +19,8 @@ from rlhf.normalize import RewardScaler
 from rlhf.ppo.update import Batch, adapt_kl_coef, ppo_update
 from rlhf.rollout import Collector, make_rollout, score_rollout
 from rlhf.schedules import schedule_value
+from rlhf.signals import StopFlag
 from rlhf.vec_env import make_vec_env
-
-
-class StopFlag:
-    """Turns SIGINT/SIGTERM into a request to checkpoint and exit at the next update boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> "StopFlag":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class Trainer:

@@ -27,6 +27,7 @@ from rlhf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint,
 from rlhf.config import Config, save_config
 from rlhf.errors import ConfigError
 from rlhf.logger import Logger
+from rlhf.signals import StopFlag
 from rlhf.text.model import GPT, GPTConfig
 from rlhf.text.policy import TextPolicy
 from rlhf.text.task import Task
@@ -165,8 +166,6 @@ class TextTrainer:
         return tokenizer
 
     def train(self) -> dict[str, float]:
-        from rlhf.trainer import StopFlag
-
         total = self.text.updates * self.text.prompts_per_update * self.text.num_generations * self.text.max_new_tokens
         self.logger = Logger(self.run_dir, self.cfg.logging, total, headline=("objective/scores", "score"))
         try:
