@@ -187,7 +187,7 @@ class TextModelConfig(Section):
     n_head: int = Field(4, ge=1)
     n_embd: int = Field(128, ge=8)
     block_size: int = Field(48, ge=8, description="longest prompt + response, in tokens")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="SFT and reward-model training only; off in RL")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="SFT and reward-model training only; off in RL")
 
     @model_validator(mode="after")
     def _heads(self) -> "TextModelConfig":
@@ -197,19 +197,23 @@ class TextModelConfig(Section):
 
 
 class SFTConfig(Section):
-    steps: int = Field(600, ge=0)
-    batch_size: int = Field(64, ge=1)
+    steps: int = Field(1000, ge=0)
+    batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0)
     corpus_size: int = Field(20_000, ge=16, description="demonstrations sampled from the task's grammar")
 
 
 class RewardModelConfig(Section):
-    pairs: int = Field(4096, ge=16, description="training preference pairs, sampled from the SFT policy")
-    val_pairs: int = Field(1024, ge=16, description="held-out pairs (held-out prompts) for rm/accuracy")
-    label_noise: float = Field(0.5, gt=0.0, description="Bradley-Terry temperature of the simulated labellers")
-    steps: int = Field(300, ge=0)
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(3e-4, gt=0.0)
+    """Comparisons come in groups, as in InstructGPT: ``responses_per_prompt`` SFT samples of one prompt and
+    every pair among them; ``pairs``, ``val_pairs`` and ``batch_size`` count comparisons (whole groups)."""
+
+    pairs: int = Field(56_000, ge=16, description="training comparisons, on SFT samples of train prompts")
+    val_pairs: int = Field(7_000, ge=16, description="held-out comparisons (held-out prompts) for rm/accuracy")
+    responses_per_prompt: int = Field(8, ge=2)
+    label_noise: float = Field(0.3, gt=0.0, description="Bradley-Terry temperature of the simulated labellers")
+    steps: int = Field(600, ge=0)
+    batch_size: int = Field(224, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
 
 
 class LoRAConfig(Section):
@@ -239,7 +243,7 @@ class TextConfig(Section):
     prompts_per_update: int = Field(64, ge=1)
     num_generations: int = Field(1, ge=1, description="samples per prompt (rloo/grpo need >= 2)")
     advantage: Literal["gae", "rloo", "grpo"] = "gae"
-    max_new_tokens: int = Field(24, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0.0)
     top_k: Optional[int] = Field(None, ge=1)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)

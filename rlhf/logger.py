@@ -41,11 +41,15 @@ class Logger:
     def fps(self, step: int) -> float:
         return (step - self.step0) / max(time.perf_counter() - self.t0, 1e-9)
 
-    def log(self, stats: dict[str, float], step: int) -> None:
+    def scalars(self, stats: dict[str, float], step: int) -> None:
+        """TensorBoard only (NaN and None skipped), no console progress."""
         if self.writer is not None:
             for key, value in stats.items():
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):
                     self.writer.add_scalar(key, value, step)
+
+    def log(self, stats: dict[str, float], step: int) -> None:
+        self.scalars(stats, step)
         ret = stats.get(self.headline[0])
         ret_text = "-" if ret is None or math.isnan(ret) else f"{ret:.1f}"
         if self.progress is not None:

@@ -190,7 +190,8 @@ class TextTrainer:
                               n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout)).to(self.device)
         self.logger.console.print(f"stage 1/3 sft: {model.num_params() / 1e6:.2f}M parameters, {s.steps} steps")
         metrics = train_sft(model, self.tokenizer, self.task, steps=s.steps, batch_size=s.batch_size,
-                            lr=s.learning_rate, corpus_size=s.corpus_size, seed=self.cfg.seed, log=self.logger.log)
+                            lr=s.learning_rate, corpus_size=s.corpus_size, seed=self.cfg.seed,
+                            log=self.logger.scalars)
         save_model(model, self.run_dir / SFT_FILE, metrics=metrics)
         self.last_stats = metrics
         self.logger.console.print(f"sft: val perplexity {metrics['sft/val_perplexity']:.2f} "
@@ -202,15 +203,15 @@ class TextTrainer:
 
         if self.resume and (self.run_dir / RM_FILE).is_file():
             return
-        sft, _ = load_model(self.run_dir / SFT_FILE, dropout=0.0)
-        sft = sft.to(self.device)
+        sft = load_model(self.run_dir / SFT_FILE, dropout=0.0)[0].to(self.device)
         r = self.text.reward_model
         self.logger.console.print(f"stage 2/3 reward model: {r.pairs} preference pairs, label noise {r.label_noise}")
         rm = RewardModel.from_sft(load_model(self.run_dir / SFT_FILE)[0].to(self.device))
-        metrics = train_reward_model(rm, sft, self.tokenizer, self.task, n_train_pairs=r.pairs, n_val_pairs=r.val_pairs,
-                                     steps=r.steps, batch_size=r.batch_size, lr=r.learning_rate,
-                                     label_noise=r.label_noise, max_new_tokens=self.text.max_new_tokens,
-                                     temperature=self.text.temperature, seed=self.cfg.seed, log=self.logger.log)
+        metrics = train_reward_model(
+            rm, sft, self.tokenizer, self.task, n_train_pairs=r.pairs, n_val_pairs=r.val_pairs,
+            responses_per_prompt=r.responses_per_prompt, steps=r.steps, batch_size=r.batch_size, lr=r.learning_rate,
+            label_noise=r.label_noise, max_new_tokens=self.text.max_new_tokens, temperature=self.text.temperature,
+            seed=self.cfg.seed, log=self.logger.scalars)
         save_file({"gpt_config": asdict(rm.gpt.config), "model": rm.state_dict(), "metrics": metrics},
                   self.run_dir / RM_FILE)
         self.last_stats = metrics
