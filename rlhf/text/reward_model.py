@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from rlhf.text.generate import Completion, sample_completions
 from rlhf.text.model import GPT, GPTConfig
-from rlhf.text.sft import lr_at, make_optimizer
+from rlhf.text.sft import lr_at, make_optimizer, scheduled_step
 from rlhf.text.task import DEFAULT_LABEL_NOISE, PreferencePair, Task, gold_label_accuracy
 from rlhf.text.tokenizer import Tokenizer, left_pad
 
@@ -207,15 +207,9 @@ def train_reward_model(reward_model: RewardModel, policy: GPT, tokenizer: Tokeni
     reward_model.train()
     recent: list[float] = []
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
         batch = [train[i] for i in rng.integers(len(train), size=prompts_for(batch_size))]
         loss = bradley_terry_loss(*group_scores(reward_model, batch, tokenizer.pad_id))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(reward_model.parameters(), 1.0)
-        optimizer.step()
-        recent = (recent + [loss.item()])[-log_every:]
+        recent = (recent + [scheduled_step(reward_model, optimizer, loss, lr_at(step, steps, lr, warmup))])[-log_every:]
         if log and (step + 1) % log_every == 0 and step + 1 < steps:
             log({"rm/loss": float(np.mean(recent)), "rm/learning_rate": optimizer.param_groups[0]["lr"]}, step + 1)
     reward_model.eval()

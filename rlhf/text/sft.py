@@ -38,6 +38,18 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
                              lr=lr, betas=(0.9, 0.95))
 
 
+def scheduled_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, lr: float) -> float:
+    """One optimizer step at learning rate ``lr`` with the gradient norm clipped at 1 (how both supervised
+    stages train); returns the loss as a float."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 def encode_demonstrations(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
     """(prompt + response + EOS token ids, prompt length) per demonstration."""
     return [(tokenizer.encode(p) + tokenizer.encode(r, add_eos=True), len(p.split())) for p, r in pairs]
@@ -98,17 +110,11 @@ def train_sft(model: GPT, tokenizer: Tokenizer, task: Task, steps: int = 1000, b
     model.train()
     recent: list[float] = []
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
         batch = [train[i] for i in rng.integers(len(train), size=batch_size)]
         ids, mask, targets = (t.to(device) for t in collate(batch, tokenizer.pad_id))
         nll, n = response_nll(model, ids, mask, targets)
-        loss = nll / n
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        recent = (recent + [loss.item()])[-log_every:]
+        loss = scheduled_step(model, optimizer, nll / n, lr_at(step, steps, lr, warmup))
+        recent = (recent + [loss])[-log_every:]
         if log and (step + 1) % log_every == 0 and step + 1 < steps:
             log({"sft/loss": float(np.mean(recent)), "sft/learning_rate": optimizer.param_groups[0]["lr"]}, step + 1)
 
