@@ -104,7 +104,9 @@ def ppo_loss(logp: Tensor, entropy: Tensor, values: Tensor | None, mb: Batch, ad
     v_loss = (value_loss(values, mb.returns, mb.values, s.clip_value, s.loss_type, s.huber_delta, m)
               if values is not None else torch.zeros((), device=logp.device))
     ent_loss = entropy_loss(entropy, m)
-    loss = pg_loss + s.vf_coef * v_loss + s.entropy_coef * ent_loss
+    loss = pg_loss + s.vf_coef * v_loss
+    if s.entropy_coef:  # a zero coefficient would only backpropagate zeros through the entropy
+        loss = loss + s.entropy_coef * ent_loss
     new_logp = logp.detach()
     stats = {"policy_gradient_loss": pg_loss.detach(), "value_loss": v_loss.detach(),
              "entropy_loss": ent_loss.detach(), "loss": loss.detach(),

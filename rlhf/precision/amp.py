@@ -121,6 +121,12 @@ def _clip(params: list[nn.Parameter], max_grad_norm: float | None) -> torch.Tens
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
+    if len(grads) == 1 and grads[0].is_cpu:  # one flat buffer (FlatAdam) on CPU: reading the norm is free
+        norm = torch.linalg.vector_norm(grads[0])
+        coef = max_grad_norm / (float(norm) + 1e-6) if max_grad_norm is not None else 1.0
+        if coef < 1.0:
+            grads[0].mul_(coef)
+        return norm
     if max_grad_norm is None:
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     return nn.utils.clip_grad_norm_(params, max_grad_norm)
