@@ -174,14 +174,18 @@ class ActorCritic(nn.Module):
             return "policy.fused is off (or the trunk is not a tanh MLP)"
         if torch.is_autocast_enabled(obs.device.type):
             return "autocast is on"
-        pi = tanh_mlp_linears(self.pi_trunk)
-        vf = [] if self.vf_trunk is None else tanh_mlp_linears(self.vf_trunk)
-        if pi is None or vf is None:
+        layers = self._layers()
+        if layers is None:
             return "a trunk is no longer a tanh MLP"
-        reason = why_not_fusable([*pi, *vf, self.pi_head, self.vf_head])
+        reason = why_not_fusable(layers)
         if reason is None and obs.dtype != self.pi_head.weight.dtype:
             reason = f"input dtype {obs.dtype} is not the weights' {self.pi_head.weight.dtype}"
         return reason
+
+    def _layers(self) -> list[nn.Module] | None:
+        pi = tanh_mlp_linears(self.pi_trunk)
+        vf = [] if self.vf_trunk is None else tanh_mlp_linears(self.vf_trunk)
+        return None if pi is None or vf is None else [*pi, *vf, self.pi_head, self.vf_head]
 
     def _fused_forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         obs = obs.flatten(1) if obs.dim() != 2 else obs

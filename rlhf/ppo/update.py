@@ -107,11 +107,8 @@ def ppo_loss(logp: Tensor, entropy: Tensor, values: Tensor | None, mb: Batch, ad
     loss = pg_loss + s.vf_coef * v_loss
     if s.entropy_coef:  # a zero coefficient would only backpropagate zeros through the entropy
         loss = loss + s.entropy_coef * ent_loss
-    new_logp = logp.detach()
-    stats = {"policy_gradient_loss": pg_loss.detach(), "value_loss": v_loss.detach(),
-             "entropy_loss": ent_loss.detach(), "loss": loss.detach(),
-             "approx_kl": approx_kl(new_logp, mb.logp, m), "clip_fraction": clip_fraction(new_logp, mb.logp, s.clip_range, m)}
-    return loss, stats
+    parts = torch.stack([pg_loss, v_loss, ent_loss, loss]).detach()
+    return loss, {"policy_gradient_loss": parts[0], "value_loss": parts[1], "entropy_loss": parts[2], "loss": parts[3]}
 
 
 def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s: PPOSettings,
@@ -122,7 +119,7 @@ def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s:
     """
     precision = precision or Precision("fp32")
     n = len(b)
-    history: list[dict[str, Tensor]] = []
+    history, seen = [], []  # per-step losses, and (new logp, minibatch) pairs for approx_kl / clip_fraction
     early_stop = False
     for _epoch in range(s.epochs):
         b_inds = torch.randperm(n)
@@ -132,19 +129,33 @@ def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s:
             with precision.autocast():
                 logp, entropy, values = policy.evaluate_actions(mb.obs, mb.actions)
             loss, stats = ppo_loss(logp, entropy, values, mb, mb_adv, s)
-            if s.target_kl is not None and stats["approx_kl"] > 1.5 * s.target_kl:
+            if s.target_kl is not None and approx_kl(logp.detach(), mb.logp, mb.mask) > 1.5 * s.target_kl:
                 early_stop = True  # SB3's rule: no step on a minibatch that already moved too far
                 break
             stats["grad_norm"] = precision.step(loss, optimizer, max_grad_norm=s.max_grad_norm)["grad_norm"]
             history.append(stats)
+            seen.append((logp.detach(), mb))
         if early_stop:
             break
+    return _statistics(history, seen, b, s, early_stop)
 
-    means = {k: torch.stack([h[k] for h in history]).float().mean().item() for k in history[0]} if history else {}
-    out = {f"train/{k}": means.get(k, float("nan")) for k in
-           ("policy_gradient_loss", "value_loss", "entropy_loss", "approx_kl", "clip_fraction", "loss", "grad_norm")}
-    out["train/loss"] = float(history[-1]["loss"]) if history else float("nan")  # SB3 logs the last minibatch's
-    out.update({"train/explained_variance": explained_variance(b.values, b.returns, b.mask),
+
+def _statistics(history: list[dict[str, Tensor]], seen: list[tuple[Tensor, Batch]], b: Batch, s: PPOSettings,
+                early_stop: bool) -> dict[str, float]:
+    """SB3-named means over the update's steps, reduced once: approx_kl and clip_fraction over every sample
+    every step saw (each step's minibatch weighted by its size), ``loss`` from the last step as SB3 logs it."""
+    out = {f"train/{k}": torch.stack([h[k] for h in history]).float().mean().item() if history else float("nan")
+           for k in ("policy_gradient_loss", "value_loss", "entropy_loss", "grad_norm")}
+    if seen:
+        new = torch.cat([logp for logp, _ in seen])
+        old = torch.cat([mb.logp for _, mb in seen])
+        mask = None if seen[0][1].mask is None else torch.cat([mb.mask for _, mb in seen])
+        out["train/approx_kl"] = approx_kl(new, old, mask).item()
+        out["train/clip_fraction"] = clip_fraction(new, old, s.clip_range, mask).item()
+    else:
+        out["train/approx_kl"] = out["train/clip_fraction"] = float("nan")
+    out.update({"train/loss": float(history[-1]["loss"]) if history else float("nan"),
+                "train/explained_variance": explained_variance(b.values, b.returns, b.mask),
                 "train/n_updates": float(len(history)), "train/clip_range": float(s.clip_range),
                 "train/early_stop": float(early_stop)})
     return out

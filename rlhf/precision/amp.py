@@ -49,9 +49,12 @@ def float32_region() -> contextlib.AbstractContextManager:
     pass them ``.float()`` tensors: disabling autocast does not upcast tensors already produced
     in bf16/fp16.
     """
+    cuda = torch.cuda.is_available()
+    if not torch.is_autocast_enabled("cpu") and not (cuda and torch.is_autocast_enabled("cuda")):
+        return contextlib.nullcontext()  # nothing to turn off (fp32 training): skip the context managers
     stack = contextlib.ExitStack()
     stack.enter_context(torch.autocast("cpu", enabled=False))
-    if torch.cuda.is_available():
+    if cuda:
         stack.enter_context(torch.autocast("cuda", enabled=False))
     return stack
 
