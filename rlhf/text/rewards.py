@@ -19,14 +19,9 @@ from torch import Tensor
 from rlhf.errors import ConfigError
 from rlhf.ppo.advantages import gae, grpo_advantages, masked_whiten, rloo_advantages
 from rlhf.ppo.losses import kl_estimate
+from rlhf.text.reward_model import last_token_index
 
 RewardFn = Callable[[str, str], float]
-
-
-def last_token_index(mask: Tensor) -> Tensor:
-    """Index of each row's last real token in a right-padded (B, T) mask (0 for an all-padding row)."""
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    return torch.where(mask.bool(), positions, 0).amax(1)
 
 
 def token_rewards(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor, kl_coef: float,

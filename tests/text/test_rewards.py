@@ -25,7 +25,7 @@ def test_k1_and_k3_hand_computed():
 
 def test_score_lands_on_the_last_real_token():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    assert last_token_index(mask).tolist() == [2, 4, 0]
+    assert last_token_index(mask).tolist() == [2, 4, 0]  # right-padded responses
     logp = torch.full((3, 5), -1.0)
     ref = torch.full((3, 5), -1.5)  # k1 = 0.5 per real token
     rewards, kl = token_rewards(torch.tensor([2.0, -1.0, 3.0]), logp, ref, mask, kl_coef=0.1)
