@@ -119,7 +119,7 @@ def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s:
     """
     precision = precision or Precision("fp32")
     n = len(b)
-    history, seen = [], []  # per-step losses, and (new logp, minibatch) pairs for approx_kl / clip_fraction
+    history, seen = [], []  # per-step losses, and (new logp, old logp, mask) for approx_kl / clip_fraction
     early_stop = False
     for _epoch in range(s.epochs):
         b_inds = torch.randperm(n)
@@ -134,22 +134,22 @@ def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s:
                 break
             stats["grad_norm"] = precision.step(loss, optimizer, max_grad_norm=s.max_grad_norm)["grad_norm"]
             history.append(stats)
-            seen.append((logp.detach(), mb))
+            seen.append((logp.detach(), mb.logp, mb.mask))
         if early_stop:
             break
     return _statistics(history, seen, b, s, early_stop)
 
 
-def _statistics(history: list[dict[str, Tensor]], seen: list[tuple[Tensor, Batch]], b: Batch, s: PPOSettings,
+def _statistics(history: list[dict[str, Tensor]], seen: list[tuple[Tensor, Tensor, Tensor | None]], b: Batch,
+                s: PPOSettings,
                 early_stop: bool) -> dict[str, float]:
     """SB3-named means over the update's steps, reduced once: approx_kl and clip_fraction over every sample
     every step saw (each step's minibatch weighted by its size), ``loss`` from the last step as SB3 logs it."""
     out = {f"train/{k}": torch.stack([h[k] for h in history]).float().mean().item() if history else float("nan")
            for k in ("policy_gradient_loss", "value_loss", "entropy_loss", "grad_norm")}
     if seen:
-        new = torch.cat([logp for logp, _ in seen])
-        old = torch.cat([mb.logp for _, mb in seen])
-        mask = None if seen[0][1].mask is None else torch.cat([mb.mask for _, mb in seen])
+        new, old = torch.cat([x[0] for x in seen]), torch.cat([x[1] for x in seen])
+        mask = None if seen[0][2] is None else torch.cat([x[2] for x in seen])
         out["train/approx_kl"] = approx_kl(new, old, mask).item()
         out["train/clip_fraction"] = clip_fraction(new, old, s.clip_range, mask).item()
     else:
