@@ -74,9 +74,8 @@ def pad(b: Batch, extra_rows: int, extra_cols: int = 0) -> Batch:
 
 def grads_and_stats(policy, b: Batch, s: PPOSettings):
     policy.zero_grad(set_to_none=True)
-    adv = b.advantages if b.mask is None else b.advantages  # whitened inside ppo_loss's caller; here raw
     logp, ent, values = policy.evaluate_actions(b.obs, b.actions)
-    loss, stats = ppo_loss(logp, ent, values, b, adv, s)
+    loss, stats = ppo_loss(logp, ent, values, b, b.advantages, s)  # raw advantages: whitening is the loop's job
     loss.backward()
     return {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}, stats
 
