@@ -10,6 +10,28 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_module_registration_hook, register_module_parameter_registration_hook
+
+_structure_version = 0
+
+
+def _count_registration(*_args) -> None:
+    global _structure_version
+    _structure_version += 1
+
+
+register_module_module_registration_hook(_count_registration)
+register_module_parameter_registration_hook(_count_registration)
+
+
+def structure_version() -> int:
+    """How many submodules and parameters have been (re)assigned anywhere in this process.
+
+    Counted by torch's global registration hooks: a layer swapped into a ``Sequential``, a LoRA wrapper, a
+    new weight or a bias set to None all change it. A fused plan cached under one value is valid while the
+    value stays, so the per-call check is one integer comparison instead of walking the modules.
+    """
+    return _structure_version
 
 
 def _tanh_mlp_forward(x: Tensor, params: tuple[Tensor, ...], tanh_last: bool) -> list[Tensor]:
@@ -82,17 +104,24 @@ class _TanhMLP(torch.autograd.Function):
 
 def tanh_mlp_linears(trunk: nn.Module) -> list[nn.Module] | None:
     """The layers in the Linear slots of ``Sequential(Flatten, Sequential(Linear, Tanh, Linear, Tanh, ...))``
-    when every activation is exactly ``nn.Tanh``; None for any other shape (a CNN, another activation)."""
-    if not isinstance(trunk, nn.Sequential) or len(trunk) != 2 or not isinstance(trunk[1], nn.Sequential):
+    when every activation is exactly ``nn.Tanh``; None for any other shape (a CNN, another activation).
+
+    Reads ``_modules`` directly: this runs on every forward, and ``Sequential.__getitem__`` costs more than
+    the check itself."""
+    if not isinstance(trunk, nn.Sequential):
         return None
-    layers = list(trunk[1])
+    outer = list(trunk._modules.values())
+    if len(outer) != 2 or not isinstance(outer[1], nn.Sequential):
+        return None
+    layers = list(outer[1]._modules.values())
     if len(layers) % 2 or any(type(a) is not nn.Tanh for a in layers[1::2]):
         return None
     return layers[0::2]
 
 
 def linear_params(linears: list[nn.Module]) -> tuple[Tensor, ...]:
-    return tuple(t for layer in linears for t in (layer.weight, layer.bias))
+    """``(W1, b1, W2, b2, ...)`` of Linear layers (read from ``_parameters``: this runs on every forward)."""
+    return tuple(t for layer in linears for t in (layer._parameters["weight"], layer._parameters["bias"]))
 
 
 def fused_tanh_mlps(nets: tuple[tuple[Tensor, ...], ...], x: Tensor, tanh_last: bool = False) -> tuple[Tensor, ...]:

@@ -10,11 +10,20 @@ when the parameters share a float dtype and a device, ``adam`` otherwise.
 from __future__ import annotations
 
 import torch
+import torch.optim.optimizer as torch_optimizer
 from torch import nn
 
 from rlhf.errors import ConfigError
 
 OPTIMIZERS = ("auto", "adam", "flat_adam")
+
+
+def _global_step_hooks() -> bool:
+    """Whether ``torch.optim.optimizer.register_optimizer_step_{pre,post}_hook`` hooks exist (private dicts,
+    read defensively: if torch renames them, FlatAdam's steps simply go through the hooked wrapper)."""
+    pre = getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
+    post = getattr(torch_optimizer, "_global_optimizer_post_hooks", None)
+    return pre is None or post is None or bool(pre) or bool(post)
 
 
 class FlatAdam(torch.optim.Adam):
@@ -62,13 +71,26 @@ class FlatAdam(torch.optim.Adam):
             if p.grad is not g:  # reset elsewhere (e.g. module.zero_grad()): point it back at the buffer
                 p.grad = g
 
-    @torch.no_grad()
     def step(self, closure=None):
-        """One Adam step on the flat buffer: the kernel ``Adam(fused=True)`` runs, called directly."""
+        """One Adam step on the flat buffer (``_step``), with the step hooks when any are registered.
+
+        ``torch.optim.Optimizer`` wraps every subclass's ``step`` in a profiler range and a hook dispatch,
+        which costs more than this whole step on a small MLP; ``step.hooked`` below tells it this one
+        dispatches for itself: through the same wrapper, but only when a pre/post step hook exists.
+        """
+        if self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_step_hooks():
+            return torch.optim.Optimizer.profile_hook_step(FlatAdam._step)(self, closure)
+        return self._step(closure)
+
+    step.hooked = True  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def _step(self, closure=None):
+        """The kernel ``Adam(fused=True)`` runs, called directly."""
         group, state = self.param_groups[0], self.state[self.flat]
         if (closure is not None or not self.kernel_ok or group["amsgrad"] or group["maximize"]
                 or group["weight_decay"] or torch.is_tensor(group["lr"])):
-            return super().step(closure)
+            return _public_adam_step(self, closure)
         if not state:  # what Adam's fused path creates on its first step
             state["step"] = torch.zeros((), dtype=torch.float32, device=self.flat.device)
             state["exp_avg"] = torch.zeros_like(self.flat, memory_format=torch.preserve_format)
@@ -82,7 +104,7 @@ class FlatAdam(torch.optim.Adam):
         except (AttributeError, TypeError, RuntimeError):
             state["step"] -= 1
             self.kernel_ok = False  # another torch version: the public step from now on
-            return super().step()
+            return _public_adam_step(self)
         return None
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -97,6 +119,12 @@ class FlatAdam(torch.optim.Adam):
                              "exp_avg_sq": torch.cat([s["exp_avg_sq"].reshape(-1) for s in per_param])}}
             state_dict = {"state": state, "param_groups": [{**state_dict["param_groups"][0], "params": [0]}]}
         super().load_state_dict(state_dict)
+
+
+def _public_adam_step(optimizer: torch.optim.Adam, closure=None):
+    """``torch.optim.Adam.step`` without torch's hook wrapper (``FlatAdam.step`` already went through it)."""
+    step = torch.optim.Adam.step
+    return (step.__wrapped__ if getattr(step, "hooked", False) else step)(optimizer, closure)
 
 
 def make_optimizer(policy: nn.Module, lr: float, kind: str = "auto") -> torch.optim.Optimizer:

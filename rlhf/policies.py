@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from rlhf.config import PolicyConfig
 from rlhf.errors import ConfigError
-from rlhf.fused_mlp import fused_tanh_mlps, linear_params, tanh_mlp_linears, why_not_fusable
+from rlhf.fused_mlp import fused_tanh_mlps, linear_params, structure_version, tanh_mlp_linears, why_not_fusable
 from rlhf.normalize import RunningMeanStd
 from rlhf.precision import float32_region
 
@@ -137,6 +137,7 @@ class ActorCritic(nn.Module):
             raise ConfigError(f"policy.fused = 'on': the fused path runs tanh MLPs only, and this trunk is "
                               f"{'a CNN' if self.image else repr(cfg.activation) + ' MLP'}; use 'auto' or 'off'")
         self.fused = cfg.fused != "off" and tanh_mlp
+        self._plan: tuple | None = None  # (structure_version, params, layers, reason) of the fused path
 
     def _orthogonal_init(self) -> None:
         """SB3/CleanRL init: sqrt(2) gain in the trunk, 0.01 on the policy head, 1 on the value head."""
@@ -151,8 +152,9 @@ class ActorCritic(nn.Module):
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (logits or Gaussian mean, value), both fp32."""
         obs = self._normalize(obs)
-        if self.fused_path(obs) is None:
-            return self._fused_forward(obs)
+        plan, _why = self._fused_plan(obs)
+        if plan is not None:
+            return self._fused_forward(obs, *plan)
         pi_latent = self.pi_trunk(obs)
         vf_latent = pi_latent if self.vf_trunk is None else self.vf_trunk(obs)
         return self.pi_head(pi_latent).float(), self.vf_head(vf_latent).float().squeeze(-1)
@@ -160,9 +162,10 @@ class ActorCritic(nn.Module):
     def policy_out(self, obs: Tensor) -> Tensor:
         """``forward``'s first output (logits or Gaussian mean, fp32) without running the critic."""
         obs = self._normalize(obs)
-        if self.vf_trunk is not None and self.fused_path(obs) is None:
-            pi = linear_params([*tanh_mlp_linears(self.pi_trunk), self.pi_head])
-            return fused_tanh_mlps((pi,), obs.flatten(1))[0]
+        if self.vf_trunk is not None:
+            plan, _why = self._fused_plan(obs)
+            if plan is not None:
+                return fused_tanh_mlps(plan[:1], obs.flatten(1))[0]
         return self.pi_head(self.pi_trunk(obs)).float()
 
     def _normalize(self, obs: Tensor) -> Tensor:
@@ -170,31 +173,51 @@ class ActorCritic(nn.Module):
 
     def fused_path(self, obs: Tensor) -> str | None:
         """None when this call can take the fused path; otherwise why it runs layer by layer."""
-        if not self.fused:
-            return "policy.fused is off (or the trunk is not a tanh MLP)"
-        if torch.is_autocast_enabled(obs.device.type):
-            return "autocast is on"
-        layers = self._layers()
-        if layers is None:
-            return "a trunk is no longer a tanh MLP"
-        reason = why_not_fusable(layers)
-        if reason is None and obs.dtype != self.pi_head.weight.dtype:
-            reason = f"input dtype {obs.dtype} is not the weights' {self.pi_head.weight.dtype}"
-        return reason
+        return self._fused_plan(obs)[1]
 
-    def _layers(self) -> list[nn.Module] | None:
+    def _fused_plan(self, obs: Tensor) -> tuple[tuple[tuple[Tensor, ...], ...] | None, str | None]:
+        """(parameter tuples of the fused networks, None) when this call can take the fused path, else
+        (None, why). Separate actor and critic: ((actor W1, b1, ..., head), (critic ...)); shared trunk:
+        ((trunk W1, b1, ...),).
+
+        The layer walk is cached under ``structure_version()``, which any layer or parameter reassignment
+        changes; hooks, autocast and the input dtype are checked on every call."""
+        if not self.fused:
+            return None, "policy.fused is off (or the trunk is not a tanh MLP)"
+        if torch.is_autocast_enabled(obs.device.type):
+            return None, "autocast is on"
+        if self._plan is None or self._plan[0] != structure_version():
+            self._plan = (structure_version(), *self._walk_layers())
+        _, params, layers, reason = self._plan
+        if reason is None:
+            reason = why_not_fusable(layers)  # hooks may have been added since the walk
+        if reason is None and obs.dtype != (dtype := layers[-2]._parameters["weight"].dtype):  # actor head's
+            reason = f"input dtype {obs.dtype} is not the weights' {dtype}"
+        return (None, reason) if reason else (params, None)
+
+    def _walk_layers(self) -> tuple[tuple[tuple[Tensor, ...], ...] | None, list[nn.Module], str | None]:
         pi = tanh_mlp_linears(self.pi_trunk)
         vf = [] if self.vf_trunk is None else tanh_mlp_linears(self.vf_trunk)
-        return None if pi is None or vf is None else [*pi, *vf, self.pi_head, self.vf_head]
+        if pi is None or vf is None:
+            return None, [], "a trunk is no longer a tanh MLP"
+        layers = [*pi, *vf, self.pi_head, self.vf_head]
+        reason = why_not_fusable(layers)
+        if reason is not None:
+            return None, layers, reason
+        if self.vf_trunk is None:
+            return (linear_params(pi),), layers, None
+        return (linear_params([*pi, self.pi_head]), linear_params([*vf, self.vf_head])), layers, None
 
-    def _fused_forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def _apply(self, fn, *args, **kwargs):
+        self._plan = None  # .to()/.float() may replace parameters without registering them
+        return super()._apply(fn, *args, **kwargs)
+
+    def _fused_forward(self, obs: Tensor, *params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         obs = obs.flatten(1) if obs.dim() != 2 else obs
-        pi = tanh_mlp_linears(self.pi_trunk)
         if self.vf_trunk is None:  # shared trunk: tanh after its last layer too, then the two heads
-            latent = fused_tanh_mlps((linear_params(pi),), obs, tanh_last=True)[0] if pi else obs
+            latent = fused_tanh_mlps(params, obs, tanh_last=True)[0] if params[0] else obs
             return self.pi_head(latent).float(), self.vf_head(latent).float().squeeze(-1)
-        vf = tanh_mlp_linears(self.vf_trunk)
-        logits, value = fused_tanh_mlps((linear_params([*pi, self.pi_head]), linear_params([*vf, self.vf_head])), obs)
+        logits, value = fused_tanh_mlps(params, obs)
         return logits, value.squeeze(-1)
 
     # ------------------------------------------------------------------ what rollouts and PPO call

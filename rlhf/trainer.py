@@ -132,7 +132,7 @@ class Trainer:
         self.global_step += self.rollout.t * self.envs.num_envs
         return last_obs
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the batch it returns is trained on as is
     def relabel(self, last_obs: torch.Tensor) -> tuple[Batch, dict[str, float]]:
         """Score the rollout with the learner (log-probs and values, in its training precision), then GAE.
 

@@ -5,6 +5,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import torch.optim.optimizer as torch_optimizer
 
 from rlhf.config import PolicyConfig
 from rlhf.errors import ConfigError
@@ -117,3 +118,25 @@ def test_make_optimizer_kinds():
         make_optimizer(mixed, 1e-3, "flat_adam")
     with pytest.raises(ConfigError, match="allowed values"):
         make_optimizer(make_policy(), 1e-3, "sgd")
+
+
+def test_flat_adam_runs_step_hooks_once():
+    """FlatAdam skips torch's step wrapper only while no hook is registered; hooks then run once per step."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = FlatAdam(list(net.parameters()), lr=1e-2)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    handle = torch_optimizer.register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global"))
+    try:
+        before = net.weight.detach().clone()
+        net(torch.randn(4, 3)).sum().backward()
+        opt.step()
+        assert calls == ["global", "pre", "post"]
+        assert not torch.equal(before, net.weight)
+        opt.kernel_ok = False  # the public Adam step, reached through the same single hook dispatch
+        opt.step()
+        assert calls == ["global", "pre", "post"] * 2
+    finally:
+        handle.remove()

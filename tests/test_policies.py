@@ -183,3 +183,26 @@ def test_qat_policy_trains_through_make_optimizer():
     torch.manual_seed(0)
     policy = prepare_qat(ActorCritic(BOX, gym.spaces.Discrete(3), PolicyConfig()), "int8")
     assert_update_changes_parameters(policy, synthetic_batch(policy, n=64, seed=0))
+
+
+def test_fused_plan_follows_swapped_layers_and_parameters():
+    """The cached fused plan is rebuilt when a layer or a parameter is reassigned: the fast path never runs
+    stale weights, and a layer it cannot run is named."""
+    torch.manual_seed(0)
+    policy = ActorCritic(BOX, gym.spaces.Discrete(3), PolicyConfig())
+    obs = torch.randn(16, 4)
+    policy(obs)  # builds the plan
+
+    def layer_by_layer():
+        return policy.pi_head(policy.pi_trunk(obs)), policy.vf_head(policy.vf_trunk(obs)).squeeze(-1)
+
+    policy.pi_trunk[1][0] = torch.nn.Linear(4, 64)  # same type, new weights
+    assert policy.fused_path(obs) is None
+    for got, want in zip(policy(obs), layer_by_layer()):
+        torch.testing.assert_close(got, want)
+    policy.vf_head.weight = torch.nn.Parameter(torch.randn(1, 64))  # a new parameter object
+    torch.testing.assert_close(policy(obs)[1], layer_by_layer()[1])
+    policy.pi_trunk[1][2] = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    assert policy.fused_path(obs) == "Sequential layer"
+    for got, want in zip(policy(obs), layer_by_layer()):
+        torch.testing.assert_close(got, want)

@@ -82,7 +82,10 @@ def masked_whiten(x: Tensor, mask: Tensor | None = None, eps: float = 1e-8, shif
 
     ``shift_mean=False`` keeps the mean (TRL's choice for whitening rewards: only the scale changes).
     """
-    mean, std = masked_mean(x, mask), masked_var(x, mask).sqrt()
+    if mask is None and x.numel() > 1:
+        std, mean = torch.std_mean(x)  # one pass: this runs once per minibatch
+    else:
+        mean, std = masked_mean(x, mask), masked_var(x, mask).sqrt()
     out = (x - mean) / (std + eps)
     return out if shift_mean else out + mean
 

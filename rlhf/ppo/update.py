@@ -8,6 +8,7 @@ policy's forward, ``precision.step`` and the optimizer's ``step``), never in a b
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -72,6 +73,21 @@ class Batch:
         return Batch(*(take(getattr(self, f.name)) for f in fields(self)))
 
 
+def minibatches(b: Batch, batch_size: int) -> Iterator[Batch]:
+    """One epoch of shuffled minibatches of ``b`` (the last one may be shorter).
+
+    When one minibatch holds the whole batch, ``b`` itself is the minibatch: a shuffle would only reorder
+    the terms of each mean, so the indexing copies it costs buy nothing.
+    """
+    n = len(b)
+    if batch_size >= n:
+        yield b
+        return
+    b_inds = torch.randperm(n)
+    for start in range(0, n, batch_size):
+        yield b.index(b_inds[start:start + batch_size])
+
+
 class EvaluatesActions(Protocol):
     """What ``ppo_update`` needs from a policy (the call Stable-Baselines3's policies answer too).
 
@@ -107,8 +123,8 @@ def ppo_loss(logp: Tensor, entropy: Tensor, values: Tensor | None, mb: Batch, ad
     loss = pg_loss + s.vf_coef * v_loss
     if s.entropy_coef:  # a zero coefficient would only backpropagate zeros through the entropy
         loss = loss + s.entropy_coef * ent_loss
-    parts = torch.stack([pg_loss, v_loss, ent_loss, loss]).detach()
-    return loss, {"policy_gradient_loss": parts[0], "value_loss": parts[1], "entropy_loss": parts[2], "loss": parts[3]}
+    return loss, {"policy_gradient_loss": pg_loss.detach(), "value_loss": v_loss.detach(),
+                  "entropy_loss": ent_loss.detach(), "loss": loss.detach()}
 
 
 def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s: PPOSettings,
@@ -118,13 +134,10 @@ def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s:
     A 1-sample tail minibatch is trained on without normalising its advantage, as Stable-Baselines3 does.
     """
     precision = precision or Precision("fp32")
-    n = len(b)
     history, seen = [], []  # per-step losses, and (new logp, old logp, mask) for approx_kl / clip_fraction
     early_stop = False
     for _epoch in range(s.epochs):
-        b_inds = torch.randperm(n)
-        for start in range(0, n, s.batch_size):
-            mb = b.index(b_inds[start:start + s.batch_size])
+        for mb in minibatches(b, s.batch_size):
             mb_adv = masked_whiten(mb.advantages, mb.mask) if s.normalize_advantage and len(mb) > 1 else mb.advantages
             with precision.autocast():
                 logp, entropy, values = policy.evaluate_actions(mb.obs, mb.actions)
