@@ -195,6 +195,14 @@ def auxiliary_loss(layers: list[MoE]) -> Tensor | None:
     return torch.stack(losses).sum() if losses else None
 
 
+def with_auxiliary_loss(loss: Tensor, model: nn.Module) -> Tensor:
+    """``loss`` plus ``model.auxiliary_loss()`` when the model has one (MoE): how SFT and the reward model
+    train their routers; PPO adds it inside ``ppo_update`` through the same method."""
+    fn = getattr(model, "auxiliary_loss", None)
+    aux = fn() if fn is not None else None
+    return loss if aux is None else loss + aux
+
+
 def moe_statistics(layers: list[MoE]) -> dict[str, float]:
     """TensorBoard scalars averaged over MoE layers: ``moe/aux_loss``, ``moe/router_entropy``,
     ``moe/dropped_fraction``, ``moe/expert_load/<i>`` (fraction of assignments per expert)."""

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from rlhf.config import PolicyConfig
 from rlhf.errors import ConfigError
 from rlhf.fused_mlp import fused_tanh_mlps, linear_params, structure_version, tanh_mlp_linears, why_not_fusable
+from rlhf.moe import MoE, MoESettings, auxiliary_loss, moe_layers
 from rlhf.normalize import RunningMeanStd
 from rlhf.precision import float32_region
 
@@ -53,10 +54,15 @@ def gaussian_logp_entropy(mean: Tensor, log_std: Tensor, actions: Tensor) -> tup
 
 # ----------------------------------------------------------------------------- networks
 
-def mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+def mlp(sizes: list[int], activation: type[nn.Module], moe: MoESettings | None = None) -> nn.Sequential:
+    """Linear + activation per hidden layer; with ``moe`` each Linear becomes a mixture of Linear experts."""
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
-        layers += [nn.Linear(sizes[i], sizes[i + 1]), activation()]
+        if moe is None:
+            layer: nn.Module = nn.Linear(sizes[i], sizes[i + 1])
+        else:
+            layer = MoE([nn.Linear(sizes[i], sizes[i + 1]) for _ in range(moe.experts)], sizes[i], moe)
+        layers += [layer, activation()]
     return nn.Sequential(*layers)
 
 
@@ -112,7 +118,8 @@ class ActorCritic(nn.Module):
             make_trunk = lambda: NatureCNN(obs_space, cfg.cnn_features)  # noqa: E731
         else:
             in_dim = int(np.prod(obs_space.shape))
-            make_trunk = lambda: nn.Sequential(nn.Flatten(), mlp([in_dim, *cfg.hidden_sizes], act))  # noqa: E731
+            moe = MoESettings(**cfg.moe.model_dump()) if cfg.moe is not None else None
+            make_trunk = lambda: nn.Sequential(nn.Flatten(), mlp([in_dim, *cfg.hidden_sizes], act, moe))  # noqa: E731
         self.pi_trunk = make_trunk()
         self.vf_trunk = None if cfg.shared else make_trunk()
         latent = cfg.hidden_sizes[-1] if (cfg.hidden_sizes and not self.image) else in_dim
@@ -132,12 +139,18 @@ class ActorCritic(nn.Module):
         self.vf_head = nn.Linear(latent, 1)
         if cfg.ortho_init:
             self._orthogonal_init()
-        tanh_mlp = tanh_mlp_linears(self.pi_trunk) is not None
+        tanh_mlp = tanh_mlp_linears(self.pi_trunk) is not None and cfg.moe is None
         if cfg.fused == "on" and not tanh_mlp:
+            what = "a CNN" if self.image else "a Mixture-of-Experts MLP" if cfg.moe else repr(cfg.activation) + " MLP"
             raise ConfigError(f"policy.fused = 'on': the fused path runs tanh MLPs only, and this trunk is "
-                              f"{'a CNN' if self.image else repr(cfg.activation) + ' MLP'}; use 'auto' or 'off'")
+                              f"{what}; use 'auto' or 'off'")
         self.fused = cfg.fused != "off" and tanh_mlp
         self._plan: tuple | None = None  # (structure_version, params, layers, reason) of the fused path
+        self.moe_layers = moe_layers(self)  # a plain list: not registered twice as submodules
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The MoE layers' load-balancing (+ z) loss from the last forward; None without MoE layers."""
+        return auxiliary_loss(self.moe_layers) if self.moe_layers else None
 
     def _orthogonal_init(self) -> None:
         """SB3/CleanRL init: sqrt(2) gain in the trunk, 0.01 on the policy head, 1 on the value head."""

@@ -130,3 +130,49 @@ def test_router_stays_fp32_under_autocast():
         logits = moe.router(torch.randn(4, 6))
         out = moe(torch.randn(4, 6))
     assert logits.dtype == torch.float32 and out.dtype == torch.bfloat16
+
+
+def _moe_policy():
+    import gymnasium as gym
+
+    from rlhf.config import MoEConfig, PolicyConfig
+    from rlhf.policies import ActorCritic
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(hidden_sizes=[32, 32], moe=MoEConfig(experts=4, top_k=2))
+    return ActorCritic(gym.spaces.Box(-1, 1, (5,)), gym.spaces.Discrete(3), cfg)
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_experts_quantize_and_the_router_stays_fp32(mode):
+    from rlhf.precision import make_actor
+
+    policy = _moe_policy().eval()
+    actor = make_actor(policy, mode)
+    layer = actor.moe_layers[0]
+    assert all(type(e) is not nn.Linear for e in layer.experts)  # quantized expert layers
+    assert layer.router.weight.dtype == torch.float32
+    torch.testing.assert_close(layer.router.weight, policy.moe_layers[0].router.weight)
+    obs = torch.randn(64, 5)
+    ref, _ = policy(obs)
+    out, _ = actor(obs)
+    assert (out - ref).abs().max() < 0.05
+
+
+def test_ppo_update_trains_the_router_through_the_aux_loss():
+    from rlhf.ppo.update import Batch, PPOSettings, ppo_update
+
+    policy = _moe_policy()
+    assert policy.fused is False  # an MoE trunk runs layer by layer
+    n = 128
+    obs, actions = torch.randn(n, 5), torch.randint(0, 3, (n,))
+    with torch.no_grad():
+        logp, _, values = policy.evaluate_actions(obs, actions)
+    batch = Batch(obs, actions, logp, values, torch.randn(n), torch.randn(n))
+    router = policy.moe_layers[0].router.weight
+    before = router.detach().clone()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    stats = ppo_update(policy, optimizer, batch, PPOSettings(epochs=2, batch_size=64))
+    # 4 MoE layers (2 per trunk), each 0.01 * a balance loss of at least 1
+    assert stats["train/aux_loss"] >= 4 * 0.01 * 0.99
+    assert not torch.equal(before, router)

@@ -95,6 +95,9 @@ class EvaluatesActions(Protocol):
     log-probs ((B,) or (B, T)), with gradients; ``values`` may be None for a policy without a critic
     (group baselines such as RLOO/GRPO). It is called inside ``precision.autocast()``, so the policy
     computes log-probs and entropies from upcast logits (see ``rlhf.precision.float32_region``).
+
+    Optionally, ``auxiliary_loss() -> Tensor | None`` returns an extra, already weighted loss recorded by
+    the last forward (``rlhf.moe`` layers' load balancing); ``ppo_update`` adds it to each step's loss.
     """
 
     def evaluate_actions(self, obs: Obs, actions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]: ...
@@ -110,8 +113,10 @@ def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
 
 
 def ppo_loss(logp: Tensor, entropy: Tensor, values: Tensor | None, mb: Batch, advantages: Tensor,
-             s: PPOSettings) -> tuple[Tensor, dict[str, Tensor]]:
-    """The minibatch loss ``pg + vf_coef * v + entropy_coef * ent`` and its detached parts (pure)."""
+             s: PPOSettings, aux: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The minibatch loss ``pg + vf_coef * v + entropy_coef * ent (+ aux)`` and its detached parts (pure).
+
+    ``aux`` is the policy's own weighted extra loss (e.g. an MoE router's load balancing), added as is."""
     m = mb.mask
     if s.policy_loss == "clip":
         pg_loss = clipped_surrogate_loss(logp, mb.logp, advantages, s.clip_range, m)
@@ -123,8 +128,19 @@ def ppo_loss(logp: Tensor, entropy: Tensor, values: Tensor | None, mb: Batch, ad
     loss = pg_loss + s.vf_coef * v_loss
     if s.entropy_coef:  # a zero coefficient would only backpropagate zeros through the entropy
         loss = loss + s.entropy_coef * ent_loss
-    return loss, {"policy_gradient_loss": pg_loss.detach(), "value_loss": v_loss.detach(),
-                  "entropy_loss": ent_loss.detach(), "loss": loss.detach()}
+    stats = {"policy_gradient_loss": pg_loss.detach(), "value_loss": v_loss.detach(),
+             "entropy_loss": ent_loss.detach()}
+    if aux is not None:
+        loss = loss + aux
+        stats["aux_loss"] = aux.detach()
+    stats["loss"] = loss.detach()
+    return loss, stats
+
+
+def auxiliary_loss(policy: nn.Module) -> Tensor | None:
+    """The policy's extra loss from its last forward, when it defines ``auxiliary_loss()`` (see the protocol)."""
+    fn = getattr(policy, "auxiliary_loss", None)
+    return fn() if fn is not None else None
 
 
 def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s: PPOSettings,
@@ -141,7 +157,7 @@ def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s:
             mb_adv = masked_whiten(mb.advantages, mb.mask) if s.normalize_advantage and len(mb) > 1 else mb.advantages
             with precision.autocast():
                 logp, entropy, values = policy.evaluate_actions(mb.obs, mb.actions)
-            loss, stats = ppo_loss(logp, entropy, values, mb, mb_adv, s)
+            loss, stats = ppo_loss(logp, entropy, values, mb, mb_adv, s, auxiliary_loss(policy))
             if s.target_kl is not None and approx_kl(logp.detach(), mb.logp, mb.mask) > 1.5 * s.target_kl:
                 early_stop = True  # SB3's rule: no step on a minibatch that already moved too far
                 break
@@ -160,6 +176,8 @@ def _statistics(history: list[dict[str, Tensor]], seen: list[tuple[Tensor, Tenso
     every step saw (each step's minibatch weighted by its size), ``loss`` from the last step as SB3 logs it."""
     out = {f"train/{k}": torch.stack([h[k] for h in history]).float().mean().item() if history else float("nan")
            for k in ("policy_gradient_loss", "value_loss", "entropy_loss", "grad_norm")}
+    if history and "aux_loss" in history[0]:
+        out["train/aux_loss"] = torch.stack([h["aux_loss"] for h in history]).mean().item()
     if seen:
         new, old = torch.cat([x[0] for x in seen]), torch.cat([x[1] for x in seen])
         mask = None if seen[0][2] is None else torch.cat([x[2] for x in seen])

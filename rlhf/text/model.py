@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlhf.moe import MoE, MoESettings, auxiliary_loss, moe_layers
+
 KVCache = tuple[tuple[Tensor, Tensor], ...]   # per layer: keys, values, each (B, n_head, L, head_dim)
 
 
@@ -29,6 +31,11 @@ class GPTConfig:
     dropout: float = 0.0
     value_head: bool = False   # per-token value estimate for PPO, sharing the trunk
     reward_head: bool = False  # per-token scalar read at the last real token by the reward model
+    moe: MoESettings | None = None  # each block's FFN becomes a Mixture of FFN experts (rlhf.moe)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.moe, dict):  # read back from a checkpoint's asdict()
+            self.moe = MoESettings(**self.moe)
 
 
 @dataclass
@@ -80,7 +87,8 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config) if config.moe is None else \
+            MoE([MLP(config) for _ in range(config.moe.experts)], config.n_embd, config.moe)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None,
                 past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -139,6 +147,11 @@ class GPT(nn.Module):
             if head is not None:
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
+        self.moe_layers = moe_layers(self)  # a plain list: not registered twice as submodules
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The MoE FFNs' load-balancing (+ z) loss from the last forward; None without MoE."""
+        return auxiliary_loss(self.moe_layers) if self.moe_layers else None
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

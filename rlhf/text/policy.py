@@ -25,6 +25,10 @@ class TextPolicy(nn.Module):
         super().__init__()
         self.model, self.temperature = model, temperature
 
+    def auxiliary_loss(self) -> Tensor | None:
+        """The model's MoE routing loss from the last forward (None for a dense model)."""
+        return self.model.auxiliary_loss()
+
     def evaluate_actions(self, obs: dict[str, Tensor], actions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """(logp, entropy, values), each (B, T) for ``actions`` (B, T) = the last T tokens of ``obs``."""
         T = actions.shape[1]
