@@ -44,7 +44,7 @@ def build_optimizer(cfg: Config, policy: torch.nn.Module) -> torch.optim.Optimiz
 
 def build_precision(cfg: Config, policy: torch.nn.Module, device: torch.device) -> Precision:
     try:
-        return Precision(cfg.precision.train, device, model=policy)
+        return Precision(cfg.precision.train, device, model=policy, skip_nonfinite=cfg.ppo.skip_nonfinite_updates)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

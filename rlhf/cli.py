@@ -244,6 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(exc: OSError) -> str:
+    """One line for a filesystem failure: what went wrong, at which path, and that nothing written is lost."""
+    import errno
+
+    path = f" {exc.filename!r}" if exc.filename is not None else ""
+    kept = "files already written (config, checkpoints) are intact"
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return f"no space left on the device writing{path or ' the run'}: free some space and --resume; {kept}"
+    if exc.errno == errno.EROFS:
+        return f"cannot write{path}: the file system is read-only; choose another --run-dir"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot write{path}: permission denied; choose another --run-dir"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{path.strip() or 'a path'} is a file or lies under a file, where a directory is needed: " \
+               "choose another --run-dir"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"file name too long:{path}"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}{':' + path if path else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -255,8 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except ConfigError as exc:  # NonFiniteError too: the message names the source of the NaN/inf
         print(f"rlhf: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a run directory that is a file, a read-only or full disk: say which, no traceback
+        print(f"rlhf: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("rlhf: out of memory: lower env.num_envs, ppo.n_steps or ppo.batch_size (or the model's size)",
+              file=sys.stderr)
         return 2
     except Exception as exc:
         if isinstance(exc, _user_errors()):

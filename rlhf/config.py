@@ -8,6 +8,7 @@ accepted by the DeepRacer console too.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -15,11 +16,38 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlhf.errors import ConfigError
-from rlhf.schedules import parse_schedule
+from rlhf.schedules import MAX_MAGNITUDE, parse_schedule
+
+# Sizes that decide how much memory a run allocates up front: bounded so a typo fails here, not in malloc.
+MAX_ENVS = 65_536
+MAX_STEPS = 2**24  # n_steps, batch sizes, and n_steps * num_envs (the rollout's rows)
+MAX_SEED = 2**31 - 1  # numpy and gymnasium take seeds in [0, 2**32); seed + env index + update must fit
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Every config section: unknown keys, NaN/inf and absurd magnitudes in float fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _sane_floats(cls, value: Any) -> Any:
+        if isinstance(value, float) and abs(value) > MAX_MAGNITUDE:
+            raise ValueError(f"must be a finite number with magnitude at most {MAX_MAGNITUDE:g}")
+        return value
+
+
+def _finite_values(value: Any, where: str = "") -> Any:
+    """Refuse NaN/inf anywhere inside free-form values (env kwargs): they reach the env unchecked otherwise."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where or 'value'} = {value}: must be a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite_values(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _finite_values(v, f"{where}[{i}]")
+    return value
 
 
 def _positive_schedule(value: Any) -> float | str:
@@ -33,10 +61,12 @@ class EnvConfig(Section):
     """Which gymnasium environment, how many copies, and how they are vectorised."""
 
     id: str = "CartPole-v1"
-    num_envs: int = Field(1, ge=1)
+    num_envs: int = Field(1, ge=1, le=MAX_ENVS)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     eval_kwargs: dict[str, Any] = Field(default_factory=dict, description="merged over kwargs by `rlhf eval`")
     vectorization: Literal["auto", "sync", "async", "native"] = "auto"
+
+    _finite_kwargs = field_validator("kwargs", "eval_kwargs")(lambda v: _finite_values(v))
 
 
 # alias -> canonical name. DeepRacer console words first, then Stable-Baselines3's.
@@ -67,10 +97,11 @@ CONSOLE_RANGES = {
 class PPOConfig(Section):
     """PPO's knobs, named as in the DeepRacer console where it has a word for them."""
 
-    n_steps: Optional[int] = Field(None, ge=1, description="steps per env per update (default 2048)")
-    episodes_between_updates: Optional[int] = Field(None, ge=1, description="collect whole episodes instead")
-    batch_size: int = Field(64, ge=2, description="minibatch size")
-    epochs: int = Field(10, ge=1)
+    n_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="steps per env per update (default 2048)")
+    episodes_between_updates: Optional[int] = Field(None, ge=1, le=1_000_000,
+                                                    description="collect whole episodes instead")
+    batch_size: int = Field(64, ge=2, le=MAX_STEPS, description="minibatch size")
+    epochs: int = Field(10, ge=1, le=10_000)
     learning_rate: float | str = 3e-4
     entropy_coef: float = Field(0.0, ge=0.0)
     discount_factor: float = Field(0.99, ge=0.0, le=1.0)
@@ -91,6 +122,9 @@ class PPOConfig(Section):
         "auto", description="adam: torch Adam; flat_adam: the same Adam over one flat buffer (faster for small "
                             "nets); auto: flat_adam when the parameters share a dtype and device")
     console_ranges: bool = Field(False, description="hold values to the DeepRacer console's ranges")
+    skip_nonfinite_updates: bool = Field(
+        False, description="skip (and count in train/skipped_updates) a minibatch whose loss or gradient is "
+                           "NaN/inf instead of stopping the run; NaN/inf from the env always stops it")
 
     _check_schedules = field_validator("learning_rate", "clip_range")(_positive_schedule)
 
@@ -135,6 +169,24 @@ class PPOConfig(Section):
         return self.n_steps if self.n_steps is not None else 2048
 
 
+class MoEConfig(Section):
+    """Mixture-of-Experts hidden layers (rlhf.moe): E experts, each sample routed to the top k."""
+
+    experts: int = Field(4, ge=2, le=256)
+    top_k: int = Field(2, ge=1, le=256, description="experts run per sample/token")
+    noisy: bool = Field(True, description="learned Gaussian noise on the router logits, in training only")
+    aux_loss_coef: float = Field(0.01, ge=0.0, le=100.0, description="load-balancing loss weight")
+    z_loss_coef: float = Field(0.0, ge=0.0, le=100.0, description="router z-loss weight")
+    capacity_factor: Optional[float] = Field(None, gt=0.0, le=64.0,
+                                             description="cap each expert at factor * N * k / E assignments")
+
+    @model_validator(mode="after")
+    def _k(self) -> "MoEConfig":
+        if self.top_k > self.experts:
+            raise ValueError(f"moe.top_k = {self.top_k} must not exceed moe.experts = {self.experts}")
+        return self
+
+
 class PolicyConfig(Section):
     """Actor-critic network shape. Image observations get a CNN trunk automatically."""
 
@@ -143,10 +195,11 @@ class PolicyConfig(Section):
     shared: bool = Field(False, description="one trunk for actor and critic")
     ortho_init: bool = True
     normalize_obs: bool = Field(False, description="running mean/std, saved with checkpoints")
-    log_std_init: float = 0.0
-    cnn_features: int = Field(512, ge=1)
+    log_std_init: float = Field(0.0, ge=-20.0, le=5.0, description="initial log std (std e^-20 to e^5)")
+    cnn_features: int = Field(512, ge=1, le=65_536)
     fused: Literal["auto", "on", "off"] = Field(
         "auto", description="run tanh actor/critic MLPs as one autograd node (rlhf.fused_mlp); off: layer by layer")
+    moe: Optional[MoEConfig] = Field(None, description="make the MLP hidden layers Mixture-of-Experts layers")
 
     @field_validator("fused", mode="before")
     @classmethod
@@ -156,8 +209,8 @@ class PolicyConfig(Section):
     @field_validator("hidden_sizes")
     @classmethod
     def _sizes(cls, v: list[int]) -> list[int]:
-        if any(h < 1 for h in v):
-            raise ValueError(f"every hidden size must be >= 1, got {v}")
+        if any(h < 1 or h > 65_536 for h in v):
+            raise ValueError(f"every hidden size must be from 1 to 65536, got {v}")
         return v
 
 
@@ -183,11 +236,12 @@ class CheckpointConfig(Section):
 class TextModelConfig(Section):
     """The tiny GPT (nanoGPT-shaped) used for the policy, the reference and the reward model."""
 
-    n_layer: int = Field(4, ge=1)
-    n_head: int = Field(4, ge=1)
-    n_embd: int = Field(128, ge=8)
-    block_size: int = Field(48, ge=8, description="longest prompt + response, in tokens")
+    n_layer: int = Field(4, ge=1, le=256)
+    n_head: int = Field(4, ge=1, le=256)
+    n_embd: int = Field(128, ge=8, le=16_384)
+    block_size: int = Field(48, ge=8, le=65_536, description="longest prompt + response, in tokens")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="SFT and reward-model training only; off in RL")
+    moe: Optional[MoEConfig] = Field(None, description="make each block's FFN a Mixture of FFN experts")
 
     @model_validator(mode="after")
     def _heads(self) -> "TextModelConfig":
@@ -198,21 +252,21 @@ class TextModelConfig(Section):
 
 class SFTConfig(Section):
     steps: int = Field(1000, ge=0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=65_536)
     learning_rate: float = Field(2e-3, gt=0.0)
-    corpus_size: int = Field(20_000, ge=16, description="demonstrations sampled from the task's grammar")
+    corpus_size: int = Field(20_000, ge=16, le=10**8, description="demonstrations sampled from the task's grammar")
 
 
 class RewardModelConfig(Section):
     """Comparisons come in groups, as in InstructGPT: ``responses_per_prompt`` SFT samples of one prompt and
     every pair among them; ``pairs``, ``val_pairs`` and ``batch_size`` count comparisons (whole groups)."""
 
-    pairs: int = Field(56_000, ge=16, description="training comparisons, on SFT samples of train prompts")
-    val_pairs: int = Field(7_000, ge=16, description="held-out comparisons (held-out prompts) for rm/accuracy")
-    responses_per_prompt: int = Field(8, ge=2)
+    pairs: int = Field(56_000, ge=16, le=10**8, description="training comparisons, on SFT samples of train prompts")
+    val_pairs: int = Field(7_000, ge=16, le=10**8, description="held-out comparisons (held-out prompts) for rm/accuracy")
+    responses_per_prompt: int = Field(8, ge=2, le=1024)
     label_noise: float = Field(0.3, gt=0.0, description="Bradley-Terry temperature of the simulated labellers")
     steps: int = Field(600, ge=0)
-    batch_size: int = Field(224, ge=1)
+    batch_size: int = Field(224, ge=1, le=65_536)
     learning_rate: float = Field(1e-3, gt=0.0)
 
 
@@ -240,10 +294,10 @@ class TextConfig(Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     updates: int = Field(60, ge=0, description="PPO iterations (generate -> score -> update)")
-    prompts_per_update: int = Field(64, ge=1)
-    num_generations: int = Field(1, ge=1, description="samples per prompt (rloo/grpo need >= 2)")
+    prompts_per_update: int = Field(64, ge=1, le=65_536)
+    num_generations: int = Field(1, ge=1, le=1024, description="samples per prompt (rloo/grpo need >= 2)")
     advantage: Literal["gae", "rloo", "grpo"] = "gae"
-    max_new_tokens: int = Field(32, ge=1)
+    max_new_tokens: int = Field(32, ge=1, le=65_536)
     temperature: float = Field(1.0, gt=0.0)
     top_k: Optional[int] = Field(None, ge=1)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
@@ -259,7 +313,7 @@ class TextConfig(Section):
     lora: Optional[LoRAConfig] = None
     sample_every: int = Field(10, ge=1, description="log sample generations every N updates")
     snapshot_every: int = Field(10, ge=1, description="keep the policy every N updates (over-optimisation plot)")
-    eval_prompts: int = Field(256, ge=1)
+    eval_prompts: int = Field(256, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _groups(self) -> "TextConfig":
@@ -281,8 +335,8 @@ class Config(Section):
     precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    total_timesteps: int = Field(100_000, ge=1)
-    seed: int = 0
+    total_timesteps: int = Field(100_000, ge=1, le=2**53)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="0 to 2**31 - 1")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: Optional[int] = Field(1, ge=1, description="CPU threads for torch; 1 is fastest for small nets")
     text: Optional[TextConfig] = Field(None, description="train the toy RLHF text pipeline instead of a gym env")
@@ -293,6 +347,14 @@ class Config(Section):
     def _stages(self) -> "Config":
         if self.stages is not None and self.text is None:
             raise ValueError("stages applies to text runs only (add a text: section)")
+        return self
+
+    @model_validator(mode="after")
+    def _rollout_size(self) -> "Config":
+        rows = self.ppo.rollout_steps * self.env.num_envs
+        if rows > MAX_STEPS:
+            raise ValueError(f"ppo.n_steps * env.num_envs = {self.ppo.rollout_steps} * {self.env.num_envs} = {rows} "
+                             f"rollout rows: at most {MAX_STEPS} fit in memory; lower either")
         return self
 
     @property
@@ -390,6 +452,69 @@ def _drop_synonyms(section: dict, name: str) -> None:
         del section[key]
 
 
+MAX_YAML_NODES = 100_000  # after expanding aliases: a config is a few hundred; "billion laughs" is 10**9
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (the later one would silently win) and alias expansions
+    beyond ``MAX_YAML_NODES`` nodes (a few lines of anchors can otherwise expand to gigabytes)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` keys may be overridden on purpose
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (each key may appear once in a mapping)",
+                        key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            problem = _alias_problem(node)
+            if problem:
+                raise yaml.composer.ComposerError(None, None, problem, None)
+        return node
+
+
+class _Cycle(Exception):
+    pass
+
+
+def _alias_problem(root) -> str | None:
+    """Why the document's aliases are refused (None if they are fine): a node that contains itself, or more
+    than ``MAX_YAML_NODES`` nodes once every alias is expanded. Memoised per node: linear in the file."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if sizes.get(id(node)) == -1:
+            raise _Cycle
+        if id(node) not in sizes:
+            sizes[id(node)] = -1  # being expanded
+            children = ([c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode)
+                        else node.value if isinstance(node, yaml.SequenceNode) else [])
+            sizes[id(node)] = min(1 + sum(size(c) for c in children), MAX_YAML_NODES + 1)
+        return sizes[id(node)]
+
+    try:
+        total = size(root)
+    except _Cycle:
+        return "an alias refers to a node that contains it (refused: it would never end)"
+    if total > MAX_YAML_NODES:
+        return f"aliases expand to more than {MAX_YAML_NODES} nodes (refused: an alias bomb?)"
+    return None
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` without duplicate keys or alias bombs (see ``_StrictLoader``)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
@@ -397,7 +522,16 @@ def read_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                          f"offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        raw = yaml_load(text) or {}
+    except RecursionError:
+        raise ConfigError(f"config file {str(path)!r} nests too deeply to be a config") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
@@ -414,7 +548,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r} must look like key=value, e.g. ppo.learning_rate=1e-3")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = yaml_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
     return key.strip(), value

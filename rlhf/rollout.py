@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlhf.errors import ConfigError
+from rlhf.finite import check_env_arrays, fits_float32
 from rlhf.normalize import RewardScaler
 from rlhf.ppo.advantages import gae
 from rlhf.ppo.update import Batch
@@ -137,9 +139,17 @@ class Collector:
         self.ep_return = np.zeros(n)
         self.ep_length = np.zeros(n, dtype=np.int64)
         self.stats = EpisodeStats(stats_window)
+        spec = getattr(envs, "spec", None)
+        self.env_name = getattr(spec, "id", None) or type(envs).__name__
 
     def reset(self, seed: int | None) -> None:
-        self.obs, _ = self.envs.reset(seed=seed)
+        try:
+            self.obs, _ = self.envs.reset(seed=seed)
+        except ConfigError:
+            raise
+        except Exception as exc:  # the env's code: one line naming it, not a traceback
+            raise ConfigError(f"env {self.env_name!r}: reset raised {type(exc).__name__}: {exc}") from exc
+        check_env_arrays(f"env {self.env_name!r}: reset observation", np.asarray(self.obs), 0)
         self.prev_done[:] = False
         self.ep_return[:] = 0.0
         self.ep_length[:] = 0
@@ -154,7 +164,14 @@ class Collector:
         finished = 0
         while (rollout.t < n_steps) if n_steps is not None else (finished < episodes):
             actions = actor.sample_actions(torch.as_tensor(self.obs, device=self.device), deterministic)
-            next_obs, rewards, terminated, truncated, infos = self.envs.step(actor.env_actions(actions))
+            try:
+                next_obs, rewards, terminated, truncated, infos = self.envs.step(actor.env_actions(actions))
+            except ConfigError:
+                raise
+            except Exception as exc:  # the env's code: one line naming it, not a traceback
+                raise ConfigError(f"env {self.env_name!r}: step raised {type(exc).__name__}: {exc}") from exc
+            if not (fits_float32(next_obs) and fits_float32(rewards)):  # before anything stores or acts on them
+                self._refuse(next_obs, rewards, rollout.t)
             valid = ~self.prev_done
             done = terminated | truncated
             self.ep_return += np.where(valid, rewards, 0.0)
@@ -167,6 +184,10 @@ class Collector:
                         dones=done, valid=valid)
             self.obs, self.prev_done = next_obs, done
         return torch.as_tensor(self.obs, device=self.device)
+
+    def _refuse(self, obs: np.ndarray, rewards: np.ndarray, step: int) -> None:
+        check_env_arrays(f"env {self.env_name!r}: observation", obs, step)
+        check_env_arrays(f"env {self.env_name!r}: reward", np.asarray(rewards, dtype=np.float64), step)
 
     def _record(self, done: np.ndarray, infos: dict) -> None:
         for i in np.flatnonzero(done):

@@ -12,7 +12,8 @@ from rlhf.build import build_optimizer, build_policy, build_precision, ppo_setti
 from rlhf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlhf.config import Config, save_config
 from rlhf.env_state import get_env_state, set_env_state
-from rlhf.errors import ConfigError
+from rlhf.errors import ConfigError, NonFiniteError
+from rlhf.finite import check_state
 from rlhf.integrations import for_env
 from rlhf.logger import Logger
 from rlhf.normalize import RewardScaler
@@ -85,13 +86,24 @@ class Trainer:
                         stats["time/fps"] = logger.fps(self.global_step)
                         logger.log(stats, self.global_step)
                     if cfg.checkpoint.every and self.global_step >= next_ckpt:
-                        self.save()
+                        self._save_finite()
                         next_ckpt = self._next_checkpoint_step()
-                self.save()
+                self._save_finite()
+        except NonFiniteError as exc:  # nothing saved: the newest checkpoint on disk is the last good one
+            newest = latest_checkpoint(self.run_dir)
+            kept = f"newest checkpoint kept: {newest}" if newest else "no checkpoint was saved"
+            raise NonFiniteError(f"{exc}; training stopped after {self.global_step} env steps, {kept}") from None
         finally:
             logger.close()
             self.envs.close()
         return self.last_stats
+
+    def _save_finite(self) -> Path:
+        """``save()``, refused when the policy or optimizer holds NaN/inf: a bad checkpoint never rotates
+        good ones out."""
+        check_state(self.policy, "policy parameter")
+        check_state(self.optimizer, "optimizer state")
+        return self.save()
 
     def describe_paths(self) -> str:
         """Which fast paths the learner takes, and why not where it does not (never a silent change)."""

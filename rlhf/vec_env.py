@@ -16,7 +16,11 @@ def _ensure_registered(env_id: str) -> gym.envs.registration.EnvSpec:
     """Find the spec, importing the project's own ``envs`` package (which registers its ids) if needed."""
     if ":" in env_id:
         module, env_id = env_id.split(":", 1)
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ModuleNotFoundError, or the module's own import failing
+            raise ConfigError(f"env.id = {module + ':' + env_id!r}: importing module {module!r} raised "
+                              f"{type(exc).__name__}: {exc}") from None
     if env_id not in gym.registry:
         try:
             importlib.import_module("envs")
@@ -60,6 +64,10 @@ def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, extra_kwargs: dict
         raise ConfigError(f"env.kwargs = {kwargs!r}: {cfg.id!r} rejected them ({exc})") from None
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"env {cfg.id!r} with kwargs {kwargs!r}: {exc}") from None
+    except (MemoryError, OSError):
+        raise
+    except Exception as exc:  # the env's own constructor: name it and the exception, not a traceback
+        raise ConfigError(f"env {cfg.id!r}: creating it raised {type(exc).__name__}: {exc}") from None
     mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if mode != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env {cfg.id!r} uses autoreset mode {mode}; rollouts expect NEXT_STEP (gymnasium's default)")

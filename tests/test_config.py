@@ -85,3 +85,61 @@ def test_deepracer_hyperparameters_file(tmp_path):
     reward.write_text("def reward_function(params):\n    return 1.0\n")
     cfg = load_config(data={"deepracer": {"reward_function": str(reward)}})
     assert cfg.env.kwargs["reward_function"] == str(reward)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("ppo.learning_rate=inf", ["ppo.learning_rate = 'inf'", "finite number"]),
+    ("ppo.learning_rate=nan", ["ppo.learning_rate = 'nan'", "finite number"]),
+    ("ppo.learning_rate=lin_nan", ["ppo.learning_rate = 'lin_nan'", "finite number"]),
+    ("ppo.clip_range=nan", ["ppo.clip_range = 'nan'", "finite number"]),
+    ("ppo.clip_range=lin_1e300", ["ppo.clip_range", "magnitude at most 1e+12"]),
+    ("ppo.vf_coef=inf", ["ppo.vf_coef = 'inf'", "finite number"]),
+    ("ppo.entropy_coef=.inf", ["ppo.entropy_coef = inf", "finite number"]),
+    ("ppo.huber_delta=1e300", ["ppo.huber_delta = '1e300'", "magnitude at most 1e+12"]),
+    ("policy.log_std_init=nan", ["policy.log_std_init = 'nan'", "finite number"]),
+    ("policy.log_std_init=1e308", ["policy.log_std_init = '1e308'", "less than or equal to 5"]),
+    ("text.temperature=nan", ["text.temperature = 'nan'", "finite number"]),
+    ("text.sft.learning_rate=-.inf", ["text.sft.learning_rate = -inf", "finite number"]),
+    ("text.adaptive_kl.target=inf", ["text.adaptive_kl.target = 'inf'", "finite number"]),
+    ("env.kwargs.track_width=.nan", ["env.kwargs", "track_width = nan", "finite number"]),
+    ("seed=-1", ["seed = -1", "greater than or equal to 0"]),
+    ("seed=18446744073709551616", ["seed = 18446744073709551616", "less than or equal to 2147483647"]),
+    ("env.num_envs=1000000", ["env.num_envs = 1000000", "less than or equal to 65536"]),
+    ("ppo.batch_size=100000000", ["ppo.batch_size = 100000000", "less than or equal to 16777216"]),
+    ("ppo.n_steps=100000000", ["ppo.n_steps = 100000000", "less than or equal to 16777216"]),
+])
+def test_nonfinite_absurd_and_out_of_range_values_are_refused(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(data={}, overrides=[override])
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_rollout_rows_are_bounded_across_keys():
+    with pytest.raises(ConfigError, match=r"ppo.n_steps \* env.num_envs = 65536 \* 512 = 33554432 rollout rows: at "
+                                          r"most 16777216"):
+        load_config(data={}, overrides=["ppo.n_steps=65536", "env.num_envs=512"])
+    assert load_config(data={}, overrides=["ppo.n_steps=32768", "env.num_envs=512"]).env.num_envs == 512
+
+
+def test_yaml_duplicate_keys_alias_bombs_and_encoding_are_refused(tmp_path):
+    cases = {
+        "dup.yaml": (b"ppo:\n  epochs: 3\n  epochs: 4\n", r"line 3, column 3\): duplicate key 'epochs'"),
+        "bomb.yaml": (b'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'
+                      + b"".join(f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n".encode()
+                                 for p, n in zip("abcdefgh", "bcdefghi")),
+                      "aliases expand to more than 100000 nodes"),
+        "loop.yaml": (b"env:\n  kwargs: &k {x: *k}\n", "an alias refers to a node that contains it"),
+        "latin1.yaml": ("seed: 3  # d\u00e9j\u00e0 vu\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 at offset 12\)"),
+    }
+    for name, (content, match) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ConfigError, match=match):
+            load_config(tmp_path / name)
+    # anchors and merge keys that stay small are fine, and a merged key may be overridden
+    (tmp_path / "merge.yaml").write_text("base: &base {epochs: 3, batch_size: 32}\nppo:\n  <<: *base\n  epochs: 5\n")
+    from rlhf.config import read_yaml
+
+    assert read_yaml(tmp_path / "merge.yaml")["ppo"] == {"epochs": 5, "batch_size": 32}

@@ -25,7 +25,8 @@ import torch
 from rlhf.build import build_optimizer, build_precision, ppo_settings, resolve_device
 from rlhf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_file
 from rlhf.config import Config, save_config
-from rlhf.errors import ConfigError
+from rlhf.errors import ConfigError, NonFiniteError
+from rlhf.finite import check_state
 from rlhf.logger import Logger
 from rlhf.signals import StopFlag
 from rlhf.text.model import GPT, GPTConfig
@@ -39,6 +40,7 @@ SFT_FILE, RM_FILE, TOKENIZER_FILE = Path("sft/model.pt"), Path("reward_model/mod
 # ----------------------------------------------------------------------------- loading a run's models
 
 def save_model(model: GPT, path: Path, **extra) -> None:
+    check_state(model, "model parameter")  # a NaN model is never written
     save_file({"gpt_config": asdict(model.config), "model": model.state_dict(), **extra}, path)
 
 
@@ -173,10 +175,19 @@ class TextTrainer:
                 for stage in self.cfg.text_stages:
                     if self.stop.requested:
                         break
-                    getattr(self, f"stage_{stage}")()
+                    self._run_stage(stage)
         finally:
             self.logger.close()
         return self.last_stats
+
+    def _run_stage(self, stage: str) -> None:
+        """One stage; a NaN/inf stops the run naming the stage and what was kept (nothing bad is saved)."""
+        try:
+            getattr(self, f"stage_{stage}")()
+        except NonFiniteError as exc:
+            newest = latest_checkpoint(self.run_dir) if stage == "ppo" else None
+            kept = f"newest checkpoint kept: {newest}" if newest else f"nothing saved for the {stage} stage"
+            raise NonFiniteError(f"text {stage} stage stopped: {exc}; {kept}") from None
 
     # ------------------------------------------------------------------ stage 1
     def stage_sft(self) -> None:
@@ -212,6 +223,7 @@ class TextTrainer:
             responses_per_prompt=r.responses_per_prompt, steps=r.steps, batch_size=r.batch_size, lr=r.learning_rate,
             label_noise=r.label_noise, max_new_tokens=self.text.max_new_tokens, temperature=self.text.temperature,
             seed=self.cfg.seed, log=self.logger.scalars)
+        check_state(rm, "reward model parameter")
         save_file({"gpt_config": asdict(rm.gpt.config), "model": rm.state_dict(), "metrics": metrics},
                   self.run_dir / RM_FILE)
         self.last_stats = metrics
@@ -250,6 +262,7 @@ class TextTrainer:
 
     def snapshot(self, ppo) -> None:
         """The policy weights at this update, for the over-optimisation curve (update 0 = SFT)."""
+        check_state(ppo.policy.model, "policy parameter")
         save_file({"updates": ppo.updates, "global_step": ppo.global_step, "policy": ppo.policy.model.state_dict()},
                   self.run_dir / "ppo" / "snapshots" / f"update_{ppo.updates:05d}.pt")
 

@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 
 from rlhf.config import Config
+from rlhf.errors import NonFiniteError
+from rlhf.finite import check_state
+from rlhf.moe import moe_statistics
 from rlhf.ppo.advantages import masked_mean
 from rlhf.ppo.update import Batch, PPOSettings, ppo_update
 from rlhf.precision import Precision
@@ -98,8 +101,12 @@ class TextPPO:
             ref_logp = self.reference(obs, actions)
         responses = [tok.decode(row[: int(n)]) for row, n in zip(actions.tolist(), mask.sum(1).tolist())]
         ended = (actions == tok.eos_id).any(1)
-        scores = penalise_missing_eos(self.score(prompts, responses, gen).to(self.device), ended, t.missing_eos_penalty)
+        raw = self.score(prompts, responses, gen).to(self.device)
+        _check_finite(raw, "reward model score" if t.reward_function is None else "text.reward_function", prompts,
+                      responses)
+        scores = penalise_missing_eos(raw, ended, t.missing_eos_penalty)
         rewards, kl = token_rewards(scores, logp, ref_logp.float(), mask, self.kl_coef, t.kl_estimator)
+        _check_finite(rewards.sum(1), "per-token reward (score - kl_coef * KL to the reference)", prompts, responses)
         if t.whiten_rewards:
             rewards = whiten_rewards(rewards, mask)
         if t.advantage == "gae":
@@ -136,10 +143,14 @@ class TextPPO:
         self.updates += 1
         self.global_step += int(mask.sum())
         stats.update(self.precision.stats())
+        stats.update(moe_statistics(self.policy.model.moe_layers))  # routing of the last minibatch
         return stats, ro
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
+        """Everything a checkpoint holds; refuses (NonFiniteError) a policy or optimizer holding NaN/inf."""
+        check_state(self.policy.model, "policy parameter")
+        check_state(self.optimizer, "optimizer state")
         return {"policy": self.policy.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "precision": self.precision.state_dict(),
                 "counters": {"updates": self.updates, "global_step": self.global_step, "kl_coef": self.kl_coef},
@@ -156,3 +167,11 @@ class TextPPO:
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         self._refresh_actor()
+
+
+def _check_finite(values: Tensor, what: str, prompts: list[str], responses: list[str]) -> None:
+    """Stop before a NaN/inf (B,) row value reaches advantages and the update; name the first bad sample."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise NonFiniteError(f"{what} is {float(values[i]):g} for prompt {prompts[i]!r}, response {responses[i]!r}")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlhf.moe import with_auxiliary_loss
 from rlhf.text.generate import Completion, sample_completions
 from rlhf.text.model import GPT, GPTConfig
 from rlhf.text.sft import lr_at, make_optimizer, scheduled_step
@@ -208,8 +209,10 @@ def train_reward_model(reward_model: RewardModel, policy: GPT, tokenizer: Tokeni
     recent: list[float] = []
     for step in range(steps):
         batch = [train[i] for i in rng.integers(len(train), size=prompts_for(batch_size))]
-        loss = bradley_terry_loss(*group_scores(reward_model, batch, tokenizer.pad_id))
-        recent = (recent + [scheduled_step(reward_model, optimizer, loss, lr_at(step, steps, lr, warmup))])[-log_every:]
+        loss = with_auxiliary_loss(bradley_terry_loss(*group_scores(reward_model, batch, tokenizer.pad_id)),
+                                   reward_model.gpt)
+        value = scheduled_step(reward_model, optimizer, loss, lr_at(step, steps, lr, warmup), f"reward model step {step}")
+        recent = (recent + [value])[-log_every:]
         if log and (step + 1) % log_every == 0 and step + 1 < steps:
             log({"rm/loss": float(np.mean(recent)), "rm/learning_rate": optimizer.param_groups[0]["lr"]}, step + 1)
     reward_model.eval()

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlhf.errors import NonFiniteError
+from rlhf.moe import with_auxiliary_loss
 from rlhf.text.model import GPT
 from rlhf.text.task import Task
 from rlhf.text.tokenizer import Tokenizer, left_pad
@@ -38,16 +40,24 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
                              lr=lr, betas=(0.9, 0.95))
 
 
-def scheduled_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, lr: float) -> float:
+def scheduled_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, lr: float,
+                   name: str = "training") -> float:
     """One optimizer step at learning rate ``lr`` with the gradient norm clipped at 1 (how both supervised
-    stages train); returns the loss as a float."""
+    stages train); returns the loss as a float. A NaN/inf loss or gradient norm raises ``NonFiniteError``
+    (naming ``name``) before the step, so the weights never take it."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteError(f"{name}: the loss is {value:g}; stopped before the optimizer step")
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+    if not math.isfinite(norm):
+        raise NonFiniteError(f"{name}: the gradient norm is {norm:g} (loss {value:g}); stopped before the "
+                             "optimizer step")
     optimizer.step()
-    return loss.item()
+    return value
 
 
 def encode_demonstrations(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
@@ -113,7 +123,8 @@ def train_sft(model: GPT, tokenizer: Tokenizer, task: Task, steps: int = 1000, b
         batch = [train[i] for i in rng.integers(len(train), size=batch_size)]
         ids, mask, targets = (t.to(device) for t in collate(batch, tokenizer.pad_id))
         nll, n = response_nll(model, ids, mask, targets)
-        loss = scheduled_step(model, optimizer, nll / n, lr_at(step, steps, lr, warmup))
+        loss = scheduled_step(model, optimizer, with_auxiliary_loss(nll / n, model), lr_at(step, steps, lr, warmup),
+                              f"sft step {step}")
         recent = (recent + [loss])[-log_every:]
         if log and (step + 1) % log_every == 0 and step + 1 < steps:
             log({"sft/loss": float(np.mean(recent)), "sft/learning_rate": optimizer.param_groups[0]["lr"]}, step + 1)
