@@ -26,6 +26,7 @@ from rlhf.ppo.update import Batch
 
 STATS_WINDOW = 100  # episodes behind rollout/ep_rew_mean, as in Stable-Baselines3
 SCORE_CHUNK = 4096  # rows per forward pass when a rollout is scored after collection
+MAX_ROWS = 2**24  # steps x envs a rollout may hold (as config.MAX_STEPS bounds n_steps x num_envs)
 
 
 class Rollout:
@@ -64,6 +65,10 @@ class Rollout:
     def add(self, **step: Tensor | np.ndarray) -> None:
         """Store one vector step; values are (num_envs, ...) tensors or numpy arrays."""
         if self.t == self.capacity:
+            if 2 * self.capacity * self.num_envs > MAX_ROWS:
+                raise ConfigError(f"the rollout would grow past {MAX_ROWS} rows ({self.t} steps x {self.num_envs} "
+                                  "envs) waiting for ppo.episodes_between_updates episodes to end: do the env's "
+                                  "episodes end (a time limit)? Lower it, or use ppo.n_steps")
             with torch.inference_mode(False):  # normal tensors: the trainer edits them after collection
                 self.data = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in self.data.items()}
             self._numpy_views()

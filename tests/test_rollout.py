@@ -102,3 +102,19 @@ def test_collect_counts_whole_episodes():
     assert collector.stats.total == 5 and len(collector.stats.returns) == 3
     assert list(collector.stats.returns) == [float(n) for n in collector.stats.lengths]  # CartPole: +1 per step
     envs.close()
+
+
+def test_episode_mode_growth_is_bounded(monkeypatch):
+    import pytest
+
+    import rlhf.rollout
+    from rlhf.errors import ConfigError
+
+    monkeypatch.setattr(rlhf.rollout, "MAX_ROWS", 12)
+    r = small_rollout(capacity=2, num_envs=3)
+    for i in range(4):  # capacity 2 -> 4 (12 rows) is allowed
+        r.add(**step(i))
+    assert r.capacity == 4
+    with pytest.raises(ConfigError, match=r"grow past 12 rows \(4 steps x 3 envs\) waiting for "
+                                          r"ppo.episodes_between_updates"):
+        r.add(**step(4))
