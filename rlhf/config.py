@@ -368,6 +368,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 data: dict | None = None) -> Config:
     """Read a YAML file (or ``data``), apply ``key=value`` overrides, validate. Raises ConfigError."""
     raw = read_yaml(path) if path is not None else dict(data or {})
+    resolve_file_paths(raw, config_folder(path))  # the file's own relative paths: from its folder
     for item in overrides or []:
         key, value = parse_override(item)
         if key.startswith("ppo.") and isinstance(raw.get("ppo"), dict):
@@ -379,67 +380,166 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # ----------------------------------------------------------------------------- DeepRacer's own files
 
 DEEPRACER_FILE_KEYS = ("hyperparameters", "model_metadata", "reward_function")
-# hyperparameters.json keys that PPO here has no use for (exploration is the policy's own sampling).
-DEEPRACER_IGNORED = ("e_greedy_value", "epsilon_steps", "exploration_type", "stack_size", "term_cond_avg_score",
-                     "term_cond_max_episodes", "sac_alpha")
+DEEPRACER_KEYS = DEEPRACER_FILE_KEYS + ("reward_timeout_s",)
 DEEPRACER_PPO_KEYS = ("batch_size", "beta_entropy", "discount_factor", "loss_type", "lr",
                       "num_episodes_between_training", "num_epochs")
+# hyperparameters.json keys read by the trainer's DeepRacer integration (it stops training when one is met)
+DEEPRACER_STOP_KEYS = ("term_cond_max_episodes", "term_cond_avg_score")
+# hyperparameters.json keys accepted when they mean what PPO here does anyway, else refused or warned about
+DEEPRACER_CHECKED = {"stack_size": (1,), "exploration_type": ("categorical", "additive_noise")}
+# hyperparameters.json keys of other algorithms: read, warned about by name, not used
+DEEPRACER_UNUSED = {"e_greedy_value": "epsilon-greedy exploration", "epsilon_steps": "epsilon-greedy exploration",
+                    "sac_alpha": "SAC's entropy temperature"}
+DEEPRACER_DEFAULT_KWARGS = {"simtrace_path": "{run_dir}/simtrace/training-simtrace.csv"}
+DEEPRACER_DEFAULT_EVAL_KWARGS = {"training": False, "simtrace_path": "{run_dir}/simtrace/evaluation-simtrace.csv"}
+# config keys (dotted) and env kwargs that name input files: relative paths resolve against the config's folder
+FILE_PATH_KEYS = {"deepracer": ("hyperparameters", "model_metadata", "reward_function"), "text": ("reward_function",)}
+ENV_FILE_KWARGS = ("reward_function", "model_metadata", "hyperparameters", "track")
+
+
+def _names_file(key: str, value: Any) -> bool:
+    """A string that names a file (not a built-in reward or track, not a run-relative ``{run_dir}`` path)."""
+    if not isinstance(value, str) or not value.strip() or "{run_dir}" in value:
+        return False
+    if key == "reward_function":
+        return value.strip().endswith(".py")
+    if key == "track":
+        return value.strip().endswith(".npy")
+    return True
+
+
+def resolve_file_paths(raw: dict, base: Path) -> dict:
+    """Make relative input-file paths in ``raw`` absolute against ``base`` (the YAML file's folder, or the
+    current directory for command-line overrides), so a config runs the same from any directory."""
+    def fix(section: Any, keys: tuple[str, ...]) -> None:
+        if not isinstance(section, dict):
+            return
+        for key in keys:
+            value = section.get(key)
+            if _names_file(key, value):
+                path = Path(value.strip()).expanduser()
+                section[key] = str(path if path.is_absolute() else (base / path).resolve())
+
+    for section, keys in FILE_PATH_KEYS.items():
+        fix(raw.get(section), keys)
+    env = raw.get("env")
+    if isinstance(env, dict):
+        fix(env.get("kwargs"), ENV_FILE_KWARGS)
+        fix(env.get("eval_kwargs"), ENV_FILE_KWARGS)
+    return raw
+
+
+def config_folder(path: str | Path | None) -> Path:
+    """The folder relative paths in a config file are read from (the current directory without a file)."""
+    if path is None:
+        return Path.cwd()
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"rlhf: warning: {message}", file=sys.stderr)
 
 
 def apply_deepracer_files(raw: dict) -> dict:
-    """Fold a ``deepracer: {hyperparameters, model_metadata, reward_function}`` section into the config.
+    """Fold a ``deepracer: {hyperparameters, model_metadata, reward_function, reward_timeout_s}`` section into
+    the config (relative paths still left, from command-line overrides, are read from the current directory).
 
-    hyperparameters.json's console words go into ``ppo`` (and so are held to the console's ranges);
-    the model_metadata action space and the reward function file become env kwargs. Keys given
-    explicitly in ``ppo`` or ``env.kwargs`` win over the files.
+    hyperparameters.json's console words go into ``ppo`` (and so are held to the console's ranges; keys
+    given explicitly in ``ppo`` win); its stop conditions (``term_cond_*``) are applied by the trainer's
+    DeepRacer integration from the file (kept as ``env.kwargs.hyperparameters``); settings of other
+    algorithms are warned about by name, settings that cannot be honoured are refused. The model_metadata
+    file (action space, sensor) and the reward function file become env kwargs, over those in ``env.kwargs``.
+    A run made from this section alone gets what configs/deepracer.yaml has: env ``DeepRacer-v0``, training
+    and evaluation simtraces, and evaluation laps from the start line.
     """
+    resolve_file_paths(raw, Path.cwd())
     files = raw.pop("deepracer", None)
     if files is None:
         return raw
     if not isinstance(files, dict):
-        raise ConfigError(f"deepracer = {files!r}: expected a mapping with keys {', '.join(DEEPRACER_FILE_KEYS)}")
+        raise ConfigError(f"deepracer = {files!r}: expected a mapping with keys {', '.join(DEEPRACER_KEYS)}")
     for key in files:
-        if key not in DEEPRACER_FILE_KEYS:
-            close = difflib.get_close_matches(key, DEEPRACER_FILE_KEYS, n=1)
+        if key not in DEEPRACER_KEYS:
+            close = difflib.get_close_matches(key, DEEPRACER_KEYS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"deepracer.{key}: unknown key{hint} (allowed: {', '.join(DEEPRACER_FILE_KEYS)})")
+            raise ConfigError(f"deepracer.{key}: unknown key{hint} (allowed: {', '.join(DEEPRACER_KEYS)})")
     env = raw.setdefault("env", {})
+    if not isinstance(env, dict):
+        raise ConfigError(f"env = {env!r}: expected a mapping")
+    env_id = env.setdefault("id", "DeepRacer-v0")
+    if not str(env_id).split(":")[-1].startswith("DeepRacer"):
+        raise ConfigError(f"deepracer: DeepRacer's files apply to DeepRacer-v0, but env.id = {env_id!r}")
     kwargs = env.setdefault("kwargs", {})
+    eval_kwargs = env.setdefault("eval_kwargs", {})
+    for section, defaults in ((kwargs, DEEPRACER_DEFAULT_KWARGS), (eval_kwargs, DEEPRACER_DEFAULT_EVAL_KWARGS)):
+        for key, value in defaults.items():
+            section.setdefault(key, value)
     for key in ("model_metadata", "reward_function"):
         if files.get(key) is not None:
             path = Path(files[key])
             if not path.is_file():
                 raise ConfigError(f"deepracer.{key} = {str(path)!r}: file not found")
             kwargs[key] = str(path)
+    if files.get("reward_timeout_s") is not None:
+        kwargs["reward_timeout_s"] = files["reward_timeout_s"]
     if files.get("hyperparameters") is not None:
         ppo = raw.setdefault("ppo", {})
         explicit = {_canonical(k) for k in ppo}
         for key, value in _read_hyperparameters(files["hyperparameters"]).items():
             if _canonical(key) not in explicit:
                 ppo[key] = value
+        kwargs["hyperparameters"] = str(files["hyperparameters"])
     return raw
 
 
 def _read_hyperparameters(path: str | Path) -> dict:
+    """The PPO settings of a hyperparameters.json; its other keys are checked (see the constants above)."""
     import json
 
     path = Path(path)
+    where = f"deepracer.hyperparameters = {str(path)!r}"
     if not path.is_file():
-        raise ConfigError(f"deepracer.hyperparameters = {str(path)!r}: file not found")
+        raise ConfigError(f"{where}: file not found")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"deepracer.hyperparameters = {str(path)!r}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = f" (line {exc.lineno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ConfigError(f"{where}: not valid JSON{line}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"deepracer.hyperparameters = {str(path)!r}: expected a JSON object")
-    out = {}
+        raise ConfigError(f"{where}: expected a JSON object")
+    out, unused = {}, []
     for key, value in data.items():
         if key in DEEPRACER_PPO_KEYS:
             out[key] = value
-        elif key not in DEEPRACER_IGNORED:
-            allowed = ", ".join(DEEPRACER_PPO_KEYS + DEEPRACER_IGNORED)
+        elif key in DEEPRACER_STOP_KEYS:
+            _check_stop_condition(key, value, where)
+        elif key in DEEPRACER_CHECKED:
+            allowed = DEEPRACER_CHECKED[key]
+            if value not in allowed:
+                raise ConfigError(f"{where}: {key} = {value!r} is not implemented here (allowed: "
+                                  f"{', '.join(map(repr, allowed))})")
+        elif key in DEEPRACER_UNUSED:
+            unused.append(f"{key} = {value!r} ({DEEPRACER_UNUSED[key]})")
+        else:
+            allowed = ", ".join((*DEEPRACER_PPO_KEYS, *DEEPRACER_STOP_KEYS, *DEEPRACER_CHECKED, *DEEPRACER_UNUSED))
             raise ConfigError(f"deepracer.hyperparameters: unknown key {key!r} in {str(path)!r} (allowed: {allowed})")
+    if unused:
+        _warn(f"{where}: not used by PPO here, which explores by sampling its policy: {'; '.join(unused)}")
     return out
+
+
+def _check_stop_condition(key: str, value: Any, where: str) -> None:
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if key == "term_cond_max_episodes":
+        ok = ok and value >= 1 and float(value).is_integer()
+    if not ok:
+        wanted = "a whole number >= 1" if key == "term_cond_max_episodes" else "a finite number"
+        raise ConfigError(f"{where}: {key} = {value!r}: must be {wanted}")
 
 
 def _canonical(name: str) -> str:

@@ -18,7 +18,7 @@ situations (track shapes, prompt kinds) can get their own weights. The pieces:
   batch, first slot first then token order (GShard); the rest are dropped (that expert's share is 0).
 
 Each ``MoE`` layer records its losses and routing statistics on every forward (``aux_loss``, ``stats``);
-``auxiliary_loss(model)`` sums the losses for the trainers, ``moe_statistics(model)`` gives TensorBoard
+``auxiliary_loss(layers)`` sums the losses for the trainers, ``moe_statistics(layers)`` gives TensorBoard
 scalars.
 """
 from __future__ import annotations
@@ -204,15 +204,18 @@ def with_auxiliary_loss(loss: Tensor, model: nn.Module) -> Tensor:
 
 
 def moe_statistics(layers: list[MoE]) -> dict[str, float]:
-    """TensorBoard scalars averaged over MoE layers: ``moe/aux_loss``, ``moe/router_entropy``,
-    ``moe/dropped_fraction``, ``moe/expert_load/<i>`` (fraction of assignments per expert)."""
+    """TensorBoard scalars: ``moe/aux_loss``, ``moe/load_balancing_loss``, ``moe/router_entropy`` and
+    ``moe/dropped_fraction`` averaged over MoE layers; ``moe/expert_load/layer<j>/expert<i>``, the fraction
+    of layer j's routing assignments that went to expert i, and its extremes ``moe/expert_load_min|max``
+    (a collapsed router shows as a max near 1 and a min near 0)."""
     layers = [m for m in layers if m.stats]
     if not layers:
         return {}
     out = {f"moe/{k}": float(torch.stack([m.stats[k] for m in layers]).mean())
            for k in ("aux_loss", "load_balancing_loss", "router_entropy", "dropped_fraction")}
-    load = torch.stack([m.stats["expert_load"] for m in layers]).mean(0)
-    out.update({f"moe/expert_load/{i}": float(v) for i, v in enumerate(load)})
+    loads = torch.stack([m.stats["expert_load"] for m in layers])  # (layers, experts)
+    out.update({f"moe/expert_load/layer{j}/expert{i}": float(v) for j, row in enumerate(loads) for i, v in enumerate(row)})
+    out["moe/expert_load_min"], out["moe/expert_load_max"] = float(loads.min()), float(loads.max())
     return out
 
 

@@ -37,8 +37,10 @@ class Trainer:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
         self.device = resolve_device(cfg.device)
-        self.envs = make_vec_env(cfg.env, run_dir=self.run_dir)
         self.hooks = for_env(cfg.env.id)
+        if self.hooks is not None:  # the run's own copies of user files (reward, JSON, track): eval/resume read those
+            cfg = self.cfg = self.hooks.prepare_run(cfg, self.run_dir)
+        self.envs = make_vec_env(cfg.env, run_dir=self.run_dir)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         self.policy = build_policy(cfg, obs_space, act_space, self.device)
         self.optimizer = build_optimizer(cfg, self.policy)

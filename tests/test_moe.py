@@ -114,8 +114,9 @@ def test_statistics_and_active_parameters():
     moe = make_moe(experts=4, top_k=1).eval()
     moe(torch.randn(40, 6))
     stats = moe_statistics([moe])
-    loads = [stats[f"moe/expert_load/{i}"] for i in range(4)]
+    loads = [stats[f"moe/expert_load/layer0/expert{i}"] for i in range(4)]
     assert sum(loads) == pytest.approx(1.0)
+    assert stats["moe/expert_load_min"] == min(loads) and stats["moe/expert_load_max"] == max(loads)
     assert 0.0 < stats["moe/router_entropy"] <= torch.log(torch.tensor(4.0)).item() + 1e-6
     assert stats["moe/aux_loss"] == pytest.approx(0.01 * stats["moe/load_balancing_loss"])
     total, active = active_parameters(moe)
