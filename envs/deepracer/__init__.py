@@ -9,9 +9,12 @@ from __future__ import annotations
 from .actions import DEFAULT_DISCRETE_ACTIONS, ActionSpec, load_model_metadata
 from .builtin_tracks import BUILTIN_TRACKS, DEFAULT_TRACK, builtin_track
 from .env import DeepRacerEnv
+from .finite import NonFiniteValueError
+from .guard import UserCodeInterrupted
 from .random_track import generate_random_track
 from .render import plot_trajectories, render_frame, save_gif, save_png
-from .rewards import (BUILTIN_REWARDS, DEFAULT_REWARD, RewardFunctionError, follow_center_line,
+from .metadata import MetadataWarning
+from .rewards import (BUILTIN_REWARDS, DEFAULT_REWARD, NonFiniteRewardError, RewardFunctionError, follow_center_line,
                       load_reward_function, prevent_zigzag, progress_speed, stay_inside_borders)
 from .sim import STATUS_NAMES
 from .simtrace import COLUMNS as SIMTRACE_COLUMNS
@@ -37,7 +40,8 @@ def register() -> None:
 __all__ = [
     "ENV_ID", "register", "DeepRacerEnv", "DeepRacerVectorEnv", "RaceSpec", "Track", "TrackStack", "as_track",
     "BUILTIN_TRACKS", "DEFAULT_TRACK", "builtin_track", "generate_random_track", "ActionSpec",
-    "DEFAULT_DISCRETE_ACTIONS", "load_model_metadata", "RewardFunctionError", "load_reward_function",
+    "DEFAULT_DISCRETE_ACTIONS", "load_model_metadata", "MetadataWarning", "RewardFunctionError",
+    "NonFiniteRewardError", "NonFiniteValueError", "UserCodeInterrupted", "load_reward_function",
     "BUILTIN_REWARDS", "DEFAULT_REWARD", "follow_center_line", "stay_inside_borders", "prevent_zigzag",
     "progress_speed", "STATUS_NAMES", "SimTraceWriter", "SIMTRACE_COLUMNS", "read_simtrace", "replay",
     "trajectories", "render_frame", "save_gif", "save_png", "plot_trajectories",

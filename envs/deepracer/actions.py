@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .car import MAX_SPEED, MAX_STEERING_DEG
+from .metadata import check_metadata, sensor_observation
 
 # The DeepRacer console's classic default: 5 steering angles x 2 speeds, in the console's order.
 DEFAULT_DISCRETE_ACTIONS: list[dict[str, float]] = [
@@ -55,6 +56,9 @@ class ActionSpec:
 
     @staticmethod
     def _check(steer: np.ndarray, speed: np.ndarray, key: str) -> None:
+        if not (np.all(np.isfinite(steer)) and np.all(np.isfinite(speed))):
+            raise ValueError(f"{key}: steering angles and speeds must be finite numbers, got "
+                             f"{steer.tolist()} and {speed.tolist()}")
         if np.any(np.abs(steer) > MAX_STEERING_DEG + 1e-9):
             raise ValueError(f"{key}: steering angles must lie in [-{MAX_STEERING_DEG}, {MAX_STEERING_DEG}] "
                              f"degrees, got {steer.tolist()}")
@@ -98,37 +102,47 @@ def load_model_metadata(path: str | Path) -> dict[str, Any]:
 
     Returns ``{"action_space_type": "discrete", "actions": [...]}`` or
     ``{"action_space_type": "continuous", "steering_range": (lo, hi), "speed_range": (lo, hi)}``,
-    plus ``"sensor"`` (list) when present.
+    plus ``"sensor"`` (list) and ``"observation"`` (what that sensor list means here) when present.
+    Settings that cannot be trained here are refused, others not simulated exactly are warned about
+    (see :mod:`envs.deepracer.metadata`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model_metadata file not found: {path}")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"model_metadata {path}: not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"model_metadata {path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"model_metadata {path}: expected a JSON object, got {type(meta).__name__}")
+    check_metadata(meta, path)
     space = meta.get("action_space")
     if space is None:
         raise ValueError(f"model_metadata {path}: no 'action_space' key")
     kind = str(meta.get("action_space_type", "continuous" if isinstance(space, dict) else "discrete")).lower()
     out: dict[str, Any] = {"action_space_type": kind}
     if kind == "discrete":
-        if not isinstance(space, list):
+        if not isinstance(space, list) or not all(isinstance(a, dict) for a in space):
             raise ValueError(f"model_metadata {path}: a discrete 'action_space' must be a list of actions")
         ordered = sorted(space, key=lambda a: a.get("index", 0)) if all("index" in a for a in space) else space
-        out["actions"] = [{"steering_angle": float(a["steering_angle"]), "speed": float(a["speed"])}
-                          for a in ordered]
+        try:
+            out["actions"] = [{"steering_angle": float(a["steering_angle"]), "speed": float(a["speed"])}
+                              for a in ordered]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError(f"model_metadata {path}: each discrete action needs numeric 'steering_angle' "
+                             f"and 'speed'") from None
     elif kind == "continuous":
         try:
             out["steering_range"] = (float(space["steering_angle"]["low"]), float(space["steering_angle"]["high"]))
             out["speed_range"] = (float(space["speed"]["low"]), float(space["speed"]["high"]))
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError):
             raise ValueError(f"model_metadata {path}: continuous 'action_space' needs steering_angle and "
-                             f"speed with low/high") from e
+                             f"speed with low/high") from None
     else:
         raise ValueError(f"model_metadata {path}: action_space_type={kind!r}, allowed discrete|continuous")
     if "sensor" in meta:
-        out["sensor"] = list(meta["sensor"])
+        out["observation"] = sensor_observation(meta["sensor"], path)
+        out["sensor"] = list(meta["sensor"]) if isinstance(meta["sensor"], list) else [meta["sensor"]]
     return out
 
 

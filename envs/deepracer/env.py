@@ -53,8 +53,7 @@ class DeepRacerEnv(gym.Env):
         core, sim = self.core, self.sim
         act = np.asarray(action)[None]
         steer, speed = core.actions.to_controls(act)
-        sim.step(steer, speed)
-        reward = core.rewards()
+        reward = core.advance(steer, speed)
         core.log(act, reward, self._idx)
         return (core.observe()[0], float(reward[0]), bool(sim.terminated[0]), bool(sim.truncated[0]),
                 self._info())

@@ -10,6 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .car import MAX_STEERING_DEG
+from .finite import check_observations
 from .raster import BORDER, CENTER, GRASS, ROAD, TrackRaster
 from .sim import RaceSim
 
@@ -35,6 +36,7 @@ class FeatureObserver:
     def __init__(self, max_speed: float):
         self.max_speed = max(max_speed, 1e-6)
         n = 7 + 2 * len(LOOKAHEAD)
+        self.names = feature_names()
         self.space = spaces.Box(-FEATURE_BOUND, FEATURE_BOUND, shape=(n,), dtype=np.float32)
 
     def __call__(self, sim: RaceSim) -> np.ndarray:
@@ -56,6 +58,7 @@ class FeatureObserver:
         out[:, 6] = (hr + sim.offset) / width
         out[:, 7::2] = (dx * c + dy * s) / LOOKAHEAD_SCALE
         out[:, 8::2] = (dy * c - dx * s) / LOOKAHEAD_SCALE
+        check_observations(out, sim.steps, self.names, "features")  # before the clip, which would hide inf
         return np.clip(out, -FEATURE_BOUND, FEATURE_BOUND, out=out)
 
 
@@ -72,6 +75,7 @@ class LidarObserver:
         half = np.radians(fov) / 2
         self.angles = np.linspace(-half, half, self.rays) if self.rays > 1 else np.zeros(1)
         self.space = spaces.Box(-1.0, 1.0, shape=(self.rays + 2,), dtype=np.float32)
+        self.names = [f"lidar_{i}" for i in range(self.rays)] + ["speed", "steering"]
 
     def distances(self, sim: RaceSim) -> np.ndarray:
         st, tid = sim.stack, sim.tid
@@ -101,6 +105,7 @@ class LidarObserver:
         out[:, :self.rays] = self.distances(sim) / self.range
         out[:, -2] = sim.speed / self.max_speed
         out[:, -1] = sim.steer / MAX_STEERING_DEG
+        check_observations(out, sim.steps, self.names, "lidar")
         return out
 
 

@@ -17,12 +17,20 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
+from .finite import FLOAT32_MAX, NonFiniteValueError
+from .guard import DEFAULT_TIMEOUT_S, Guard, UserCodeError, describe
+
 RewardFn = Callable[[dict], float]
 RewardSpec = Union[str, Path, RewardFn]
 
 
 class RewardFunctionError(ValueError):
-    """A reward function could not be loaded, raised, or returned something that is not a finite number."""
+    """A reward function could not be loaded, raised, exited, hung, or returned something that is not a
+    finite number."""
+
+
+class NonFiniteRewardError(RewardFunctionError, NonFiniteValueError):
+    """A reward is NaN or infinite, or too large for the float32 storage rewards are trained from."""
 
 
 # ----------------------------------------------------------------------------- classic examples
@@ -110,8 +118,20 @@ DEFAULT_REWARD = "progress_speed"
 
 
 # ----------------------------------------------------------------------------- loading and calling
-def load_reward_function(spec: RewardSpec | None = None) -> RewardFn:
-    """A callable ``reward_function(params) -> float`` from a callable, a built-in name, or a .py path."""
+def is_reward_file(spec: Any) -> bool:
+    """True when ``spec`` names a user's .py file rather than a built-in or a callable."""
+    return isinstance(spec, (str, Path)) and not callable(spec) and str(spec) not in BUILTIN_REWARDS
+
+
+def load_reward_function(spec: RewardSpec | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                         user_code: bool = True) -> RewardFn:
+    """A callable ``reward_function(params) -> float`` from a callable, a built-in name, or a .py path.
+
+    A file is imported with the same containment as its calls (see :mod:`envs.deepracer.guard`): an import
+    that raises, exits or runs longer than ``timeout_s`` is a :class:`RewardFunctionError`. With
+    ``user_code=False`` a file is not imported at all and the default built-in reward is used instead (for
+    evaluating someone else's run without running their code).
+    """
     if spec is None:
         spec = DEFAULT_REWARD
     if callable(spec):
@@ -120,20 +140,23 @@ def load_reward_function(spec: RewardSpec | None = None) -> RewardFn:
         return BUILTIN_REWARDS[spec]
     path = Path(spec)
     if path.suffix != ".py":
-        raise RewardFunctionError(f"reward_function={spec!r}: expected a callable, a built-in name "
+        raise RewardFunctionError(f"reward_function={str(spec)!r}: expected a callable, a built-in name "
                                   f"({', '.join(BUILTIN_REWARDS)}) or a path to a .py file")
+    if not user_code:
+        return BUILTIN_REWARDS[DEFAULT_REWARD]
     if not path.is_file():
         raise RewardFunctionError(f"reward_function={str(spec)!r}: file not found")
     name = f"_deepracer_reward_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
     try:
-        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
-    except SyntaxError as e:
-        raise RewardFunctionError(f"reward_function file {path}: syntax error at line {e.lineno}: {e.msg}") from e
-    except Exception as e:  # noqa: BLE001 - any import-time failure is the user's file
-        raise RewardFunctionError(f"reward_function file {path}: failed to import "
-                                  f"({type(e).__name__}: {e})") from e
+        with Guard(timeout_s) as guard:
+            guard.call(module_spec.loader.exec_module, module)  # type: ignore[union-attr]
+    except UserCodeError as e:
+        if isinstance(e.cause, SyntaxError):
+            raise RewardFunctionError(f"reward_function file {path}: syntax error at line {e.cause.lineno}: "
+                                      f"{e.cause.msg}") from None
+        raise RewardFunctionError(f"reward_function file {path}: failed to import: it {e.reason}") from None
     fn = getattr(module, "reward_function", None)
     if not callable(fn):
         raise RewardFunctionError(f"reward_function file {path}: defines no function named 'reward_function'")
@@ -154,20 +177,29 @@ def compact_params(params: dict) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-def call_reward(fn: RewardFn, params: dict) -> float:
-    """Call a user reward function; any failure becomes a RewardFunctionError showing the params."""
+def call_reward(fn: RewardFn, params: dict, guard: Guard | None = None, where: str = "") -> float:
+    """Call a user reward function; any failure becomes a one-line RewardFunctionError showing the params.
+
+    ``guard`` (entered by the caller) adds the time limit and signal handling; ``where`` (e.g. "env 3,
+    step 17") says which car and step the message is about.
+    """
     name = getattr(fn, "__name__", repr(fn))
+    at = f" at {where}" if where else ""
     try:
-        value: Any = fn(params)
-    except Exception as e:  # noqa: BLE001 - user code may raise anything
-        raise RewardFunctionError(f"reward function {name!r} raised {type(e).__name__}: {e}\n"
-                                  f"params: {compact_params(params)}") from e
+        value: Any = guard.call(fn, params) if guard is not None else fn(params)
+    except UserCodeError as e:
+        raise RewardFunctionError(f"reward function {name!r}{at} {e.reason}; params: {compact_params(params)}") from None
+    except KeyboardInterrupt:  # unguarded: no way to tell Ctrl-C from the function's own, so stop
+        raise
+    except BaseException as e:  # noqa: BLE001 - unguarded calls: user code may raise or exit any way
+        raise RewardFunctionError(f"reward function {name!r}{at} {describe(e)}; "
+                                  f"params: {compact_params(params)}") from None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
-        raise RewardFunctionError(f"reward function {name!r} returned {value!r} of type "
-                                  f"{type(value).__name__}; it must return a float\n"
-                                  f"params: {compact_params(params)}")
+        raise RewardFunctionError(f"reward function {name!r}{at} returned {value!r} of type "
+                                  f"{type(value).__name__}; it must return a float; params: {compact_params(params)}")
     value = float(value)
-    if not math.isfinite(value):
-        raise RewardFunctionError(f"reward function {name!r} returned {value}; it must be finite\n"
-                                  f"params: {compact_params(params)}")
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        why = "it must be finite" if not math.isfinite(value) else "it overflows float32 (|reward| <= 3.4e38)"
+        raise NonFiniteRewardError(f"reward function {name!r}{at} returned {value}; {why}; "
+                                   f"params: {compact_params(params)}")
     return value

@@ -25,6 +25,8 @@ IMMOBILIZED_SPEED = 0.05     # m/s
 START_ADVANCE = 0.05         # fraction of a lap the training start moves on each episode
 RANDOM_TRACK_WINDOW = 10      # projection search half-window: fixed, so checkpoints replay exactly
 
+_STEP_KEYS = ("x", "y", "yaw", "speed", "steer", "speed_cmd", "seg", "t", "s", "offset", "travelled", "progress",
+              "steps", "rev_count", "immobile_count", "wheels", "status")
 _STATE_KEYS = ("x", "y", "yaw", "speed", "steer", "speed_cmd", "seg", "t", "s", "offset", "start_s",
                "travelled", "progress", "steps", "rev_count", "immobile_count", "wheels", "status",
                "episode_id", "tid")
@@ -205,6 +207,16 @@ class RaceSim:
             is_offtrack=self.status[i] == OFF_TRACK, prev_waypoint=self.seg[i],
             next_waypoint=(self.seg[i] + 1) % tr.num_segments, offset=self.offset[i],
             track_width=tr.width, track_length=tr.length, is_reversed=tr.direction == "clockwise")
+
+    # ------------------------------------------------------------------ undoing one step
+    def snapshot(self) -> dict[str, Any]:
+        """The arrays :meth:`step` replaces, by reference (``step`` rebinds them, never writes into them),
+        so that :meth:`restore` can undo one step for the price of a few attribute reads."""
+        return {k: getattr(self, k) for k in _STEP_KEYS}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for k, v in snapshot.items():
+            setattr(self, k, v)
 
     # ------------------------------------------------------------------ checkpointing
     def get_state(self) -> dict[str, Any]:

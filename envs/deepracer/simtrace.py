@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .guard import DEFAULT_TIMEOUT_S, Guard
 from .params import make_params
 from .rewards import RewardSpec, call_reward, load_reward_function
 from .track_registry import TrackLike, as_track
@@ -69,21 +70,52 @@ class SimTraceWriter:
         self.close()
 
 
+def _typed_row(r: dict[str, str]) -> dict[str, Any]:
+    row = {
+        "episode": int(r["episode"]), "steps": int(float(r["steps"])), "X": float(r["X"]),
+        "Y": float(r["Y"]), "yaw": float(r["yaw"]), "steer": float(r["steer"]),
+        "throttle": float(r["throttle"]), "action": r["action"], "reward": float(r["reward"]),
+        "done": r["done"] == "True", "all_wheels_on_track": r["all_wheels_on_track"] == "True",
+        "progress": float(r["progress"]), "closest_waypoint": int(float(r["closest_waypoint"])),
+        "track_len": float(r["track_len"]), "tstamp": float(r["tstamp"]),
+        "episode_status": r["episode_status"],
+    }
+    for key in ("X", "Y", "yaw", "steer", "throttle", "reward", "progress", "track_len"):
+        if not np.isfinite(row[key]):
+            raise ValueError(f"{key} = {row[key]} is not a finite number")
+    return row
+
+
 def read_simtrace(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a simtrace CSV with typed values."""
+    """Rows of a simtrace CSV with typed values; a file that is not one raises a one-line ValueError
+    naming the file and the line."""
+    path = Path(path)
     rows = []
-    with Path(path).open(newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append({
-                "episode": int(r["episode"]), "steps": int(float(r["steps"])), "X": float(r["X"]),
-                "Y": float(r["Y"]), "yaw": float(r["yaw"]), "steer": float(r["steer"]),
-                "throttle": float(r["throttle"]), "action": r["action"], "reward": float(r["reward"]),
-                "done": r["done"] == "True", "all_wheels_on_track": r["all_wheels_on_track"] == "True",
-                "progress": float(r["progress"]), "closest_waypoint": int(float(r["closest_waypoint"])),
-                "track_len": float(r["track_len"]), "tstamp": float(r["tstamp"]),
-                "episode_status": r["episode_status"],
-            })
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"simtrace {path}: not a simtrace CSV (missing columns: {', '.join(missing)})")
+            for line, r in enumerate(reader, start=2):
+                try:
+                    rows.append(_typed_row(r))
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"simtrace {path} line {line}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"simtrace {path}: not a text CSV file") from None
+    except csv.Error as exc:
+        raise ValueError(f"simtrace {path}: malformed CSV ({exc})") from None
     return rows
+
+
+def logged_track_length(rows: list[dict[str, Any]], path: str | Path) -> float:
+    """The one track length a simtrace was logged on (several lengths: random tracks, no single track)."""
+    lengths = sorted({round(r["track_len"], 3) for r in rows})
+    if len(lengths) != 1:
+        raise ValueError(f"simtrace {path} was logged on {len(lengths)} tracks of different lengths "
+                         f"(random tracks?); replay needs laps driven on one track")
+    return rows[0]["track_len"]
 
 
 def params_from_row(row: dict[str, Any], track) -> dict:
@@ -97,21 +129,33 @@ def params_from_row(row: dict[str, Any], track) -> dict:
         track_width=track.width, track_length=track.length, is_reversed=track.direction == "clockwise")
 
 
-def replay(csv_path: str | Path, reward_fn: RewardSpec, track: TrackLike) -> list[dict[str, Any]]:
+def replay(csv_path: str | Path, reward_fn: RewardSpec, track: TrackLike,
+           timeout_s: float | None = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
     """Re-score every logged step with ``reward_fn`` on ``track`` (the track the log was recorded on).
 
-    Steps are replayed in logged order per episode, so stateful reward functions behave as in training.
-    Returns one dict per episode: episode, original_total, new_total, steps.
+    The log's ``track_len`` must match the track's length (0.1 %), so a log is never scored against the
+    wrong track. Steps are replayed in logged order per episode, so stateful reward functions behave as
+    in training. Returns one dict per episode: episode, original_total, new_total, steps.
     """
-    fn = load_reward_function(reward_fn)
+    rows = read_simtrace(csv_path)
+    if not rows:
+        raise ValueError(f"simtrace {csv_path}: holds no logged steps")
     tr = as_track(track)
+    logged = logged_track_length(rows, csv_path)
+    if not np.isclose(logged, tr.length, rtol=1e-3):
+        raise ValueError(f"simtrace {csv_path} was logged on a track {logged:.2f} m long, but track "
+                         f"{tr.name!r} is {tr.length:.2f} m: replay it against the track it was driven on "
+                         f"(--track NAME|PATH.npy)")
+    fn = load_reward_function(reward_fn, timeout_s)
     episodes: dict[int, dict[str, Any]] = {}
-    for row in read_simtrace(csv_path):
-        ep = episodes.setdefault(row["episode"], {"episode": row["episode"], "original_total": 0.0,
-                                                  "new_total": 0.0, "steps": 0})
-        ep["original_total"] += row["reward"]
-        ep["new_total"] += call_reward(fn, params_from_row(row, tr))
-        ep["steps"] += 1
+    with Guard(timeout_s) as guard:
+        for row in rows:
+            ep = episodes.setdefault(row["episode"], {"episode": row["episode"], "original_total": 0.0,
+                                                      "new_total": 0.0, "steps": 0})
+            ep["original_total"] += row["reward"]
+            ep["new_total"] += call_reward(fn, params_from_row(row, tr), guard,
+                                           f"episode {row['episode']}, step {row['steps']}")
+            ep["steps"] += 1
     return list(episodes.values())
 
 

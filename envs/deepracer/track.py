@@ -12,12 +12,14 @@ tracks in :mod:`track_registry`, sketches in :mod:`geometry`).
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 
+MAX_COORDINATE = 1e5  # metres: real tracks span tens of metres; far beyond this, squared distances overflow
 FINE_SAMPLES = 1024  # uniform arc-length samples of the centre line, used for look-ahead queries
 
 # DeepRacer's on-track rule looks at the car's four wheels, so their layout lives with the rule;
@@ -47,6 +49,32 @@ def _unit_directions(vec: np.ndarray) -> np.ndarray:
     return out[nxt] if not good.all() else out
 
 
+def read_track_file(path: Path) -> np.ndarray:
+    """The array in a DeepRacer ``.npy`` track file; unreadable files raise one-line errors naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"track file not found: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"track file {path}: not a readable .npy array ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'empty file'})") from None
+    if not isinstance(data, np.ndarray):
+        data.close()
+        raise ValueError(f"track file {path}: holds several arrays (.npz); expected one (N, 6) .npy array")
+    if data.size == 0:
+        raise ValueError(f"track file {path}: the array is empty (shape {data.shape}); expected (N>=4, 6)")
+    return data
+
+
+def check_coordinates(arr: np.ndarray, source: str) -> None:
+    """Refuse NaN, infinities and coordinates so large that distances overflow (|value| > MAX_COORDINATE)."""
+    bad = ~np.isfinite(arr) | (np.abs(arr) > MAX_COORDINATE)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{source}: waypoint {row} column {col} is {float(arr[row, col])}; coordinates "
+                                  f"must be finite metres within +-{MAX_COORDINATE:g}")
+
+
 class Track:
     """A closed DeepRacer-format track with the geometric queries DeepRacer's ``params`` expose.
 
@@ -56,17 +84,19 @@ class Track:
     """
 
     def __init__(self, waypoints: Union[np.ndarray, str, Path, Sequence], name: str | None = None):
+        source = "track waypoints"
         if isinstance(waypoints, (str, Path)):
             path = Path(waypoints)
-            if not path.is_file():
-                raise FileNotFoundError(f"track file not found: {path}")
             name = name or path.stem
-            waypoints = np.load(path)
-        arr = np.asarray(waypoints, dtype=np.float64)
+            source = f"track file {path}"
+            waypoints = read_track_file(path)
+        try:
+            arr = np.asarray(waypoints, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: expected an (N, 6) array of numbers") from None
         if arr.ndim != 2 or arr.shape[1] != 6 or arr.shape[0] < 4:
-            raise ValueError(f"track waypoints must have shape (N>=4, 6), got {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("track waypoints contain non-finite values")
+            raise ValueError(f"{source}: waypoints must have shape (N>=4, 6), got {arr.shape}")
+        check_coordinates(arr, source)
         if not np.allclose(arr[0], arr[-1]):
             arr = np.vstack([arr, arr[:1]])  # close the loop like DeepRacer files do
         self.name = name or "custom"

@@ -8,16 +8,20 @@ terminated = truncated = False.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .actions import action_spec_from_kwargs
+from .actions import action_spec_from_kwargs, load_model_metadata
 from .car import DT, STEPS_PER_SECOND
+from .finite import first_bad
+from .guard import Guard, UserCodeInterrupted
+from .metadata import MetadataWarning
 from .observations import make_observer
-from .rewards import call_reward, load_reward_function
+from .rewards import NonFiniteRewardError, call_reward, load_reward_function
 from .sim import LAP_COMPLETE, STATUS_ARRAY, RaceSim
 from .simtrace import SimTraceWriter
 from .spec import RaceSpec
@@ -33,18 +37,33 @@ class DeepRacerCore:
     """
 
     def __init__(self, num_cars: int, spec: RaceSpec, seed: int | None = None):
+        meta = load_model_metadata(spec.model_metadata) if spec.model_metadata is not None else {}
         self.actions = action_spec_from_kwargs(spec.action_space_type, spec.actions, spec.steering_range,
                                                spec.speed_range, spec.model_metadata)
         self.sim = RaceSim(num_cars, spec.track, training=spec.training,
                            max_episode_steps=spec.max_episode_steps, seed=seed)
-        self.observer = make_observer(spec.observation, self.actions.max_speed, spec.lidar_rays,
-                                      spec.lidar_range, spec.lidar_fov)
-        self.reward_fn = load_reward_function(spec.reward_function)
+        self.observer = make_observer(choose_observation(spec.observation, meta), self.actions.max_speed,
+                                      spec.lidar_rays, spec.lidar_range, spec.lidar_fov)
+        self.reward_fn = load_reward_function(spec.reward_function, spec.reward_timeout_s, spec.user_code)
         self.vectorized_reward = getattr(self.reward_fn, "vectorized", None)
+        self.guard = Guard(spec.reward_timeout_s) if self.vectorized_reward is None else None
         self.simtrace = SimTraceWriter(spec.simtrace_path) if spec.simtrace_path is not None else None
 
     def observe(self) -> np.ndarray:
         return self.observer(self.sim)
+
+    def advance(self, steer: np.ndarray, speed: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+        """Step the simulator and score cars ``idx`` (all by default). When a signal interrupts a reward
+        function the step is undone before :class:`UserCodeInterrupted` travels up, so the env is left
+        exactly as after the last completed step."""
+        before = self.sim.snapshot() if self.guard is not None else None
+        self.sim.step(steer, speed)
+        try:
+            return self.rewards(idx)
+        except UserCodeInterrupted as exc:
+            self.sim.restore(before)
+            exc.env_step_undone = True
+            raise
 
     def rewards(self, idx: np.ndarray | None = None) -> np.ndarray:
         """Rewards of all cars; with ``idx`` only those cars are scored (others get 0)."""
@@ -55,10 +74,17 @@ class DeepRacerCore:
                 keep = np.zeros(sim.n, dtype=bool)
                 keep[idx] = True
                 r = np.where(keep, r, 0.0)
+            bad = first_bad(r)
+            if bad is not None:
+                name = getattr(self.reward_fn, "__name__", "reward")
+                raise NonFiniteRewardError(f"built-in reward {name!r} gave {r[bad]} for env {bad[0]} at step "
+                                           f"{int(sim.steps[bad[0]])}: not a finite float32; check the track file")
             return r
         r = np.zeros(sim.n)
-        for i in (range(sim.n) if idx is None else idx):
-            r[i] = call_reward(self.reward_fn, sim.params(int(i)))
+        with self.guard as guard:
+            for i in (range(sim.n) if idx is None else idx):
+                i = int(i)
+                r[i] = call_reward(self.reward_fn, sim.params(i), guard, f"env {i}, step {int(sim.steps[i])}")
         return r
 
     def log(self, actions: np.ndarray, rewards: np.ndarray, idx: np.ndarray) -> None:
@@ -78,6 +104,17 @@ class DeepRacerCore:
     def close(self) -> None:
         if self.simtrace is not None:
             self.simtrace.close()
+
+
+def choose_observation(requested: str | None, meta: dict) -> str:
+    """The observation kind: the one asked for, else the model_metadata sensor's, else "features"."""
+    from_sensor = meta.get("observation")
+    if requested is None:
+        return from_sensor or "features"
+    if from_sensor is not None and from_sensor != requested:
+        warnings.warn(f"observation={requested!r} is used; the model_metadata sensor list {meta.get('sensor')} "
+                      f"would give {from_sensor!r}", MetadataWarning, stacklevel=4)
+    return requested
 
 
 class DeepRacerVectorEnv(VectorEnv):
@@ -127,15 +164,14 @@ class DeepRacerVectorEnv(VectorEnv):
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         core, sim = self.core, self.sim
         steer, speed = core.actions.to_controls(actions)
-        sim.step(steer, speed)
         reset_idx = np.flatnonzero(self._autoreset)
         if reset_idx.size:
             active = np.flatnonzero(~self._autoreset)
-            rewards = core.rewards(active)
+            rewards = core.advance(steer, speed, active)
             core.log(actions, rewards, active)
             sim.reset_cars(reset_idx)
         else:
-            rewards = core.rewards()
+            rewards = core.advance(steer, speed)
             core.log(actions, rewards, self._all)
         terminated, truncated = sim.terminated, sim.truncated
         self._autoreset = terminated | truncated

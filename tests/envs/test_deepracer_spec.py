@@ -12,7 +12,8 @@ from envs.deepracer import DeepRacerEnv, RaceSpec, builtin_track
 # users' configs pass these words to gym.make / gym.make_vec: renaming one breaks them
 PUBLIC_OPTIONS = ("track", "action_space_type", "actions", "model_metadata", "steering_range", "speed_range",
                   "observation", "lidar_rays", "lidar_range", "lidar_fov", "reward_function",
-                  "max_episode_steps", "training", "simtrace_path")
+                  "max_episode_steps", "training", "simtrace_path", "reward_timeout_s", "user_code",
+                  "hyperparameters")
 
 
 def test_spec_fields_are_the_public_keywords_and_keyword_only():
