@@ -143,3 +143,30 @@ def test_sft_step_refuses_a_nan_loss():
         scheduled_step(model, opt, model(torch.ones(1, 3)).sum() * INF, 0.1, "sft step 7")
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert scheduled_step(model, opt, model(torch.ones(1, 3)).sum() * 0.0 + 1.5, 0.1) == 1.5
+
+
+def test_text_ppo_stops_on_a_nan_reward_model_score_before_any_update():
+    from rlhf.build import ppo_settings
+    from rlhf.text.model import GPT, GPTConfig
+    from rlhf.text.policy import TextPolicy
+    from rlhf.text.ppo import TextPPO
+    from rlhf.text.task import Task
+    from rlhf.text.tokenizer import Tokenizer
+
+    cfg = load_config(data={"text": {"prompts_per_update": 4, "max_new_tokens": 6}})
+    tok = Tokenizer(Task.vocabulary)
+    torch.manual_seed(0)
+    policy = TextPolicy(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32,
+                                      value_head=True)), temperature=1.0)
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+
+    def score(prompts, responses, gen):  # a reward model gone bad on the third sample
+        return torch.tensor([0.5, -1.0, NAN, 2.0])
+
+    ppo = TextPPO(cfg, policy, tok, Task(seed=0).prompts("train"), score, lambda obs, actions: torch.zeros(1),
+                  ppo_settings(cfg.ppo), Precision("fp32"), torch.optim.Adam(policy.parameters(), lr=1e-3),
+                  torch.device("cpu"))
+    with pytest.raises(NonFiniteError, match=r"^reward model score is nan for prompt '.+', response '.*'$"):
+        ppo.iteration()
+    assert ppo.updates == 0
+    assert all(torch.equal(before[k], v) for k, v in policy.model.state_dict().items())
