@@ -64,52 +64,115 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deterministic(args: argparse.Namespace) -> bool:
+    """Deterministic unless --stochastic; --deterministic is the default, kept as an accepted no-op."""
+    if args.stochastic and args.deterministic:
+        raise ConfigError("--stochastic and --deterministic contradict each other (evaluation takes the most "
+                          "likely action by default; --stochastic samples)")
+    return not args.stochastic
+
+
+def _check_seed(seed: int | None) -> None:
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: allowed 0 to {2**32 - 1}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rlhf.evaluate import VIDEO_FORMATS
+
+    _check_seed(args.seed)
+    if args.episodes is not None and args.episodes < 1:
+        raise ConfigError(f"--episodes {args.episodes}: evaluate at least 1 episode")
+    if args.prompts is not None and args.prompts < 1:
+        raise ConfigError(f"--prompts {args.prompts}: evaluate at least 1 prompt")
+    deterministic = _deterministic(args)
+    if args.video and "=" in args.video and Path(args.video).suffix.lower() not in VIDEO_FORMATS:
+        args.overrides, args.video = [*args.overrides, args.video], ""  # `--video key=value`: an override
     if _is_text_run(args.target):
         return _eval_text(args)
     if args.overoptimization:
         raise ConfigError("--overoptimization applies to text runs (configs with a text: section)")
-    from rlhf.evaluate import load_policy, run_episodes
-
+    if args.prompts is not None:
+        raise ConfigError("--prompts applies to text runs; gym runs take --episodes N")
+    from rlhf.config import load_config
+    from rlhf.evaluate import (check_outputs_writable, check_video_path, hide_returns, json_ready, load_policy,
+                               locate, name_outputs, run_episodes, without_user_code)
     from rlhf.integrations import for_env
     from rlhf.vec_env import fill_run_dir
 
-    cfg, policy, run_dir = load_policy(args.target, args.overrides)
+    video = check_video_path(args.video) if args.video else None  # before anything runs
+    dropped: list[str] = []
+    if args.no_user_code:
+        run_dir, _ = locate(args.target)
+        dropped = without_user_code(load_config(run_dir / "config.yaml", args.overrides))[1]
+    cfg, policy, run_dir = load_policy(args.target, args.overrides, user_code=not args.no_user_code)
     hooks = for_env(cfg.env.id)
-    env_kwargs = fill_run_dir({**cfg.env.kwargs, **cfg.env.eval_kwargs}, run_dir)
+    merged = fill_run_dir({**cfg.env.kwargs, **cfg.env.eval_kwargs}, run_dir)
+    env_kwargs, default_video = name_outputs(cfg, run_dir, merged, video=args.video == "")
+    if default_video is not None:
+        video = check_video_path(default_video)
+    check_outputs_writable(env_kwargs)
     if hooks is not None:
-        hooks.before_eval(env_kwargs)
-    result = run_episodes(policy, cfg, args.episodes, deterministic=args.deterministic, run_dir=run_dir,
-                          video=args.video)
+        env_kwargs = hooks.before_eval(env_kwargs) or env_kwargs
+    result = run_episodes(policy, cfg, args.episodes or 10, deterministic=deterministic, seed=args.seed,
+                          run_dir=run_dir, video=video, env_kwargs=env_kwargs)
     result.pop("episode_infos")
-    files = [Path(args.video)] if args.video else []
+    if dropped:
+        result = hide_returns(result)
+    files = [video] if video else []
     if hooks is not None:
         files += hooks.after_eval(env_kwargs, run_dir)
+    result = json_ready(result)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
     else:
-        extra = "".join(f", {k} {v:.3g}" for k, v in result.items()
-                        if k not in ("mean_return", "std_return", "mean_length", "episodes", "returns")
-                        and isinstance(v, float))
-        print(f"{result['episodes']} episodes: return {result['mean_return']:.2f} +- {result['std_return']:.2f}, "
-              f"length {result['mean_length']:.1f}{extra}")
+        print(_eval_line(result))
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
     return 0
 
 
+def _eval_line(result: dict) -> str:
+    """The human summary of ``rlhf eval``: return and length first, then the env's own floats."""
+    def num(value, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    ret = "return n/a" if result["mean_return"] is None else \
+        f"return {result['mean_return']:.2f} +- {num(result['std_return'], '.2f')}"
+    extra = "".join(f", {k} {num(v, '.3g')}" for k, v in result.items()
+                    if k not in ("mean_return", "std_return", "mean_length", "episodes", "returns", "lengths", "seed",
+                                 "deterministic", "null_reasons") and (v is None or isinstance(v, float)))
+    mode = "most likely action" if result["deterministic"] else "sampled actions"
+    line = (f"{result['episodes']} episodes (seed {result['seed']}, {mode}): {ret}, "
+            f"length {num(result['mean_length'], '.1f')}{extra}")
+    reasons = result.get("null_reasons", {})
+    if "mean_return" in reasons:
+        line += f"  [return {reasons['mean_return']}]"
+    return line
+
+
 def _eval_text(args: argparse.Namespace) -> int:
+    from rlhf.evaluate import json_ready
     from rlhf.text.evaluate import evaluate_text_run, overoptimization_report
 
-    result = evaluate_text_run(args.target, args.overrides, prompts=args.prompts)
+    if args.episodes is not None:
+        raise ConfigError("--episodes applies to gym runs; text runs take --prompts N")
+    if args.video is not None:
+        raise ConfigError("--video applies to gym runs; text runs have no frames (see rlhf sample)")
+    if args.overoptimization and args.no_user_code:
+        raise ConfigError("--overoptimization scores with the run's reward; it cannot run with --no-user-code")
+    result = evaluate_text_run(args.target, args.overrides, prompts=args.prompts,
+                               seed=0 if args.seed is None else args.seed, user_code=not args.no_user_code)
     if args.overoptimization:
         report = overoptimization_report(args.target)
         result["overoptimized"] = report["summary"]["over_optimized"]
         print(f"wrote {Path(args.target) / 'overoptimization.png'} and .json", file=sys.stderr)
+    result = json_ready(result)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
     else:
-        print("  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+        print("  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
+                        if k != "null_reasons"))
     return 0
 
 
@@ -118,6 +181,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"-n {args.n}: ask for at least one sample")
+    _check_seed(args.seed)
+    if not _is_text_run(args.target):
+        raise ConfigError(f"{args.target!r} is not a text run directory (rlhf sample reads runs trained from a "
+                          "config with a text: section)")
     rows = sample_texts(args.target, args.prompt, args.n, args.stage, args.seed)
     if args.json:
         print(json.dumps(rows))
@@ -208,13 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
+    ev = sub.add_parser("eval", help="evaluate a run directory or checkpoint (reproducible by default)")
     ev.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
     ev.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.kwargs.track=oval")
-    ev.add_argument("--episodes", type=int, default=10)
-    ev.add_argument("--deterministic", action="store_true", help="take the most likely action")
-    ev.add_argument("--json", action="store_true", help="print one JSON object")
-    ev.add_argument("--video", metavar="OUT.gif", help="record the first evaluation episode")
+    ev.add_argument("--episodes", type=int, help="gym runs: episodes to play (default 10)")
+    ev.add_argument("--seed", type=int, help="fixes the episodes, or the text samples (default: the run's seed "
+                                             "+ 10000 for gym runs, 0 for text runs)")
+    ev.add_argument("--stochastic", action="store_true",
+                    help="sample actions instead of taking the most likely one (text runs always sample)")
+    ev.add_argument("--deterministic", action="store_true", help="the most likely action: the default, kept for "
+                                                                 "compatibility")
+    ev.add_argument("--no-user-code", action="store_true",
+                    help="run no reward file of the run: report lengths (and the env's own metrics), not returns")
+    ev.add_argument("--json", action="store_true", help="print one JSON object (nulls carry null_reasons)")
+    ev.add_argument("--video", metavar="OUT.gif", nargs="?", const="",
+                    help="record the first episode as .gif, .webp or .apng (default RUN/videos/evaluation-"
+                         "<track>-<time>.gif)")
     ev.add_argument("--prompts", type=int, help="text runs: held-out prompts to sample (default text.eval_prompts)")
     ev.add_argument("--overoptimization", action="store_true",
                     help="text runs: write overoptimization.png/.json (gold and proxy vs sqrt KL)")
@@ -225,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--prompt", help="a prompt in the task's words (default: held-out prompts)")
     sa.add_argument("-n", type=int, default=5, help="how many samples")
     sa.add_argument("--stage", default="ppo", help="sft or ppo (default: the last stage's policy)")
-    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--seed", type=int, default=0, help="fixes the samples (default 0: the same every time)")
     sa.add_argument("--json", action="store_true", help="print a JSON list of {prompt, response}")
     sa.set_defaults(func=cmd_sample)
 

@@ -553,6 +553,7 @@ def _drop_synonyms(section: dict, name: str) -> None:
 
 
 MAX_YAML_NODES = 100_000  # after expanding aliases: a config is a few hundred; "billion laughs" is 10**9
+MAX_CONFIG_BYTES = 10**7
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -621,6 +622,11 @@ def read_yaml(path: str | Path) -> dict:
         path = path / "config.yaml"
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} not found")
+    if not path.is_file():  # a FIFO or a device such as /dev/zero would never finish reading
+        raise ConfigError(f"config file {str(path)!r} is not a regular file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(path)!r} is {path.stat().st_size} bytes: a config is at most "
+                          f"{MAX_CONFIG_BYTES} bytes")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -649,7 +655,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} must look like key=value, e.g. ppo.learning_rate=1e-3")
     try:
         value = yaml_load(text) if text.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = text
     return key.strip(), value
 

@@ -80,6 +80,11 @@ class Trainer:
             logger.hparams(_flat_hparams(cfg), ("rollout/ep_rew_mean", "train/value_loss"))
         logger.console.print(f"learner: {self.describe_paths()}")
         next_ckpt = self._next_checkpoint_step()
+        evaluator = None
+        if cfg.eval.every:
+            from rlhf.eval_during_training import PeriodicEvaluator
+
+            evaluator = PeriodicEvaluator(cfg, self.run_dir, self.global_step)
         try:
             with StopFlag() as stop:
                 while self.global_step < cfg.total_timesteps and not stop.requested:
@@ -87,6 +92,8 @@ class Trainer:
                     if self.updates % cfg.logging.interval == 0:
                         stats["time/fps"] = logger.fps(self.global_step)
                         logger.log(stats, self.global_step)
+                    if evaluator is not None and evaluator.due(self.global_step):
+                        logger.scalars(evaluator.evaluate(self.policy, self.global_step), self.global_step)
                     if cfg.checkpoint.every and self.global_step >= next_ckpt:
                         self._save_finite()
                         next_ckpt = self._next_checkpoint_step()

@@ -143,3 +143,12 @@ def test_yaml_duplicate_keys_alias_bombs_and_encoding_are_refused(tmp_path):
     from rlhf.config import read_yaml
 
     assert read_yaml(tmp_path / "merge.yaml")["ppo"] == {"epochs": 5, "batch_size": 32}
+
+
+def test_config_that_is_not_a_regular_file_or_nests_too_deeply(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file '/dev/zero' is not a regular file"):
+        load_config("/dev/zero")  # would never finish reading
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("env:\n  kwargs:\n    x: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nests too deeply to be a config"):
+        load_config(deep)

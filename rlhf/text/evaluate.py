@@ -1,9 +1,10 @@
 """``rlhf eval`` / ``rlhf sample`` for text runs: the gold judge's verdict on the trained policy.
 
-Responses are sampled (temperature as trained, a fixed seed) for the task's held-out prompts, from the
-PPO policy and from the SFT policy it started from. The hidden gold preference scores both; the learned
-reward model (the proxy) scores them too; KL to the reference is the mean over responses of
-sum_t log pi(y_t) - log ref(y_t) (a Monte-Carlo estimate of the sequence KL under policy samples).
+Responses are sampled (temperature as trained, a fixed seed: the same command prints the same numbers) for
+the task's held-out prompts, from the PPO policy and from the SFT policy it started from. The hidden gold
+preference scores both; the learned reward model (the proxy) scores them too; KL to the reference is the
+mean over responses of sum_t log pi(y_t) - log ref(y_t) (a Monte-Carlo estimate of the sequence KL under
+policy samples).
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def sample(run: TextRun, policy: TextPolicy, prompts: list[str], seed: int, refe
     ids, mask = tok.encode_batch(prompts)
     gen = generate(policy.model, ids.to(run.device), mask.to(run.device), t.max_new_tokens, tok.eos_id, tok.pad_id,
                    temperature=t.temperature, top_k=t.top_k, top_p=t.top_p,
-                   generator=torch.Generator().manual_seed(seed))
+                   generator=torch.Generator(device=run.device).manual_seed(seed))
     lengths = gen.response_mask.sum(1)
     responses = [tok.decode(row[: int(n)]) for row, n in zip(gen.response.tolist(), lengths.tolist())]
     out = {"prompts": prompts, "responses": responses, "generation": gen,
@@ -85,27 +86,38 @@ def sample(run: TextRun, policy: TextPolicy, prompts: list[str], seed: int, refe
 
 
 def evaluate_text_run(run_dir: str | Path, overrides: list[str] | None = None, prompts: int | None = None,
-                      seed: int = 0) -> dict:
-    """The numbers ``rlhf eval RUN --json`` prints for a text run."""
+                      seed: int = 0, user_code: bool = True) -> dict:
+    """The numbers ``rlhf eval RUN --json`` prints for a text run; ``seed`` fixes the samples.
+
+    ``user_code=False`` leaves a ``text.reward_function`` file unimported: its scores are null, with the
+    reason under ``null_reasons`` (the gold judge and a learned reward model are not user code)."""
     run = TextRun(run_dir, overrides)
     policy, reference = run.ppo_policy()
     texts = run.prompts(prompts or run.cfg.text.eval_prompts)
     ppo = sample(run, policy, texts, seed, reference)
     sft = sample(run, run.sft_policy(), texts, seed)
-    score = run.score_fn()
-    proxy_ppo = score(texts, ppo["responses"], ppo["generation"]).numpy()
-    proxy_sft = score(texts, sft["responses"], sft["generation"]).numpy()
+    user_file = bool(run.cfg.text.reward_function)
+    proxy_keys = ("reward_function_score", "sft_reward_function_score") if user_file else ("rm_score", "sft_rm_score")
+    reasons: dict[str, str] = {}
+    if user_file and not user_code:
+        proxy_ppo = proxy_sft = None
+        reasons = {key: "not available with --no-user-code (text.reward_function was not run)" for key in proxy_keys}
+    else:
+        score = run.score_fn()
+        proxy_ppo = float(score(texts, ppo["responses"], ppo["generation"]).numpy().mean())
+        proxy_sft = float(score(texts, sft["responses"], sft["generation"]).numpy().mean())
     wins = np.where(ppo["gold"] > sft["gold"], 1.0, np.where(ppo["gold"] == sft["gold"], 0.5, 0.0))
     result = {
         "gold_score": float(ppo["gold"].mean()),
         "sft_gold_score": float(sft["gold"].mean()),
-        "rm_score" if not run.cfg.text.reward_function else "reward_function_score": float(proxy_ppo.mean()),
-        "sft_rm_score" if not run.cfg.text.reward_function else "sft_reward_function_score": float(proxy_sft.mean()),
+        proxy_keys[0]: proxy_ppo,
+        proxy_keys[1]: proxy_sft,
         "kl_to_ref": float(ppo["kl"].mean()),
         "win_rate_vs_sft": float(wins.mean()),
         "eos_rate": float(ppo["ended"].mean()),
         "mean_response_length": float(np.mean([len(r.split()) for r in ppo["responses"]])),
         "prompts": len(texts),
+        "seed": seed,
     }
     rm_file = run.run_dir / RM_FILE
     if rm_file.is_file():
@@ -114,6 +126,8 @@ def evaluate_text_run(run_dir: str | Path, overrides: list[str] | None = None, p
         result["gold_label_accuracy"] = metrics.get("rm/gold_label_accuracy")
     if run.cfg.text.adaptive_kl is not None:
         result["kl_target"] = run.cfg.text.adaptive_kl.target
+    if reasons:
+        result["null_reasons"] = reasons
     return result
 
 
@@ -130,6 +144,11 @@ def sample_texts(run_dir: str | Path, prompt: str | None, n: int, stage: str, se
     if unknown:
         raise ConfigError(f"--prompt {prompt!r}: unknown words {unknown} (the task's vocabulary has "
                           f"{run.tokenizer.vocab_size} words; e.g. {run.task.prompts('heldout')[0]!r})")
+    if prompt is not None:
+        words, room = len(prompt.split()), run.cfg.text.model.block_size - run.cfg.text.max_new_tokens
+        if not 1 <= words <= room:
+            raise ConfigError(f"--prompt {prompt!r}: {words} words; this model takes 1 to {room} (block_size "
+                              f"{run.cfg.text.model.block_size} minus max_new_tokens {run.cfg.text.max_new_tokens})")
     out = sample(run, policy, prompts, seed)
     return [{"prompt": p, "response": r} for p, r in zip(out["prompts"], out["responses"])]
 

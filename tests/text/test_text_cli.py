@@ -88,3 +88,46 @@ def test_bad_reward_callable_stops_with_the_pair(text_run, tmp_path):
                f"text.reward_function={reward}", "--run-dir", str(tmp_path / "bad"), check=False)
     assert proc.returncode == 2 and "returned 'great' for prompt '" in proc.stderr and "review :" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_and_sample_are_repeatable_and_seeded(text_run, capsys):
+    from rlhf.cli import main
+
+    def out(*args):
+        capsys.readouterr()
+        assert main(list(args)) == 0
+        return capsys.readouterr().out
+
+    reject = {"parse_constant": lambda c: pytest.fail(f"not standard JSON: {c}")}
+    first = out("eval", str(text_run), "--json", "--prompts", "8")
+    assert first == out("eval", str(text_run), "--json", "--prompts", "8")
+    result = json.loads(first, **reject)
+    assert result["seed"] == 0 and result["prompts"] == 8
+    other = json.loads(out("eval", str(text_run), "--json", "--prompts", "8", "--seed", "1"), **reject)
+    assert other["seed"] == 1 and other["kl_to_ref"] != result["kl_to_ref"]
+    sample = ["sample", str(text_run), "-n", "3", "--seed", "4"]
+    assert out(*sample) == out(*sample)
+    for args, words in ((["eval", str(text_run), "--episodes", "0"], "--episodes 0"),
+                        (["eval", str(text_run), "--episodes", "3"], "--episodes applies to gym runs"),
+                        (["eval", str(text_run), "--prompts", "0"], "--prompts 0"),
+                        (["eval", str(text_run), "--video"], "--video applies to gym runs"),
+                        (["sample", str(text_run), "--prompt", " "], "0 words")):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_no_user_code_leaves_the_reward_file_unimported(text_run, tmp_path):
+    from rlhf.text.evaluate import evaluate_text_run
+
+    marker, reward = tmp_path / "IMPORTED", tmp_path / "reward.py"
+    reward.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('yes')\n"
+                      "def reward_function(prompt, response):\n    return 1.5\n")
+    overrides = [f"text.reward_function={reward}", "text.eval_prompts=4"]
+    safe = evaluate_text_run(text_run, overrides, user_code=False)
+    assert not marker.exists()
+    assert safe["reward_function_score"] is None and safe["sft_reward_function_score"] is None
+    assert "--no-user-code" in safe["null_reasons"]["reward_function_score"]
+    full = evaluate_text_run(text_run, overrides)
+    assert marker.exists() and full["reward_function_score"] == 1.5
+    assert full["gold_score"] == safe["gold_score"] and full["kl_to_ref"] == safe["kl_to_ref"]
