@@ -233,6 +233,15 @@ class CheckpointConfig(Section):
     keep: int = Field(3, ge=1, description="how many recent checkpoints to keep")
 
 
+class EvalConfig(Section):
+    """Evaluation during training (gym runs), as Stable-Baselines3's EvalCallback: every ``every`` steps play
+    ``episodes`` episodes in a separate env, log ``eval/mean_reward`` and keep the best policy in ``best/``."""
+
+    every: int = Field(0, ge=0, description="environment steps between evaluations (0: never)")
+    episodes: int = Field(5, ge=1, description="episodes per evaluation")
+    deterministic: bool = Field(True, description="take the most likely action (false: sample)")
+
+
 class TextModelConfig(Section):
     """The tiny GPT (nanoGPT-shaped) used for the policy, the reference and the reward model."""
 
@@ -335,6 +344,7 @@ class Config(Section):
     precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     total_timesteps: int = Field(100_000, ge=1, le=2**53)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="0 to 2**31 - 1")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -355,6 +365,13 @@ class Config(Section):
         if rows > MAX_STEPS:
             raise ValueError(f"ppo.n_steps * env.num_envs = {self.ppo.rollout_steps} * {self.env.num_envs} = {rows} "
                              f"rollout rows: at most {MAX_STEPS} fit in memory; lower either")
+        return self
+
+    @model_validator(mode="after")
+    def _eval_gym_only(self) -> "Config":
+        if self.eval.every and self.text is not None:
+            raise ValueError(f"eval.every = {self.eval.every}: evaluation during training applies to gym runs; "
+                             "text runs are evaluated with rlhf eval RUN_DIR (set eval.every=0)")
         return self
 
     @property
