@@ -400,7 +400,8 @@ DEEPRACER_FILE_KEYS = ("hyperparameters", "model_metadata", "reward_function")
 DEEPRACER_KEYS = DEEPRACER_FILE_KEYS + ("reward_timeout_s",)
 DEEPRACER_PPO_KEYS = ("batch_size", "beta_entropy", "discount_factor", "loss_type", "lr",
                       "num_episodes_between_training", "num_epochs")
-# hyperparameters.json keys read by the trainer's DeepRacer integration (it stops training when one is met)
+# hyperparameters.json stop conditions: checked and kept with the run (rlhf.integrations.deepracer.stop_reason
+# evaluates them); the trainer does not stop on them, which a warning says by name
 DEEPRACER_STOP_KEYS = ("term_cond_max_episodes", "term_cond_avg_score")
 # hyperparameters.json keys accepted when they mean what PPO here does anyway, else refused or warned about
 DEEPRACER_CHECKED = {"stack_size": (1,), "exploration_type": ("categorical", "additive_noise")}
@@ -465,9 +466,9 @@ def apply_deepracer_files(raw: dict) -> dict:
     the config (relative paths still left, from command-line overrides, are read from the current directory).
 
     hyperparameters.json's console words go into ``ppo`` (and so are held to the console's ranges; keys
-    given explicitly in ``ppo`` win); its stop conditions (``term_cond_*``) are applied by the trainer's
-    DeepRacer integration from the file (kept as ``env.kwargs.hyperparameters``); settings of other
-    algorithms are warned about by name, settings that cannot be honoured are refused. The model_metadata
+    given explicitly in ``ppo`` win); the file is kept as ``env.kwargs.hyperparameters`` (copied into the
+    run); its stop conditions (``term_cond_*``) and settings of other algorithms are warned about by name,
+    settings that cannot be honoured are refused. The model_metadata
     file (action space, sensor) and the reward function file become env kwargs, over those in ``env.kwargs``.
     A run made from this section alone gets what configs/deepracer.yaml has: env ``DeepRacer-v0``, training
     and evaluation simtraces, and evaluation laps from the start line.
@@ -527,12 +528,13 @@ def _read_hyperparameters(path: str | Path) -> dict:
         raise ConfigError(f"{where}: not valid JSON{line}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object")
-    out, unused = {}, []
+    out, unused, stops = {}, [], []
     for key, value in data.items():
         if key in DEEPRACER_PPO_KEYS:
             out[key] = value
         elif key in DEEPRACER_STOP_KEYS:
             _check_stop_condition(key, value, where)
+            stops.append(f"{key} = {value!r}")
         elif key in DEEPRACER_CHECKED:
             allowed = DEEPRACER_CHECKED[key]
             if value not in allowed:
@@ -545,6 +547,9 @@ def _read_hyperparameters(path: str | Path) -> dict:
             raise ConfigError(f"deepracer.hyperparameters: unknown key {key!r} in {str(path)!r} (allowed: {allowed})")
     if unused:
         _warn(f"{where}: not used by PPO here, which explores by sampling its policy: {'; '.join(unused)}")
+    if stops:
+        _warn(f"{where}: {', '.join(stops)} not applied: training runs to total_timesteps (stop it earlier "
+              "with Ctrl-C; it checkpoints)")
     return out
 
 

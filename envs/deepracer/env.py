@@ -68,10 +68,11 @@ class DeepRacerEnv(gym.Env):
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
-        from .render import render_frame
+        from .render import render_frame, status_text
 
         sim = self.sim
-        return render_frame(self.track, sim.x, sim.y, sim.yaw)
+        return render_frame(self.track, sim.x, sim.y, sim.yaw,
+                            text=status_text(sim.steps[0], sim.speed[0], sim.progress[0]))
 
     def params(self) -> dict:
         """The current DeepRacer ``params`` of the car (what the reward function last saw)."""

@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .annotate import BLACK, WHITE, colour_bar, draw_line, draw_text
 from .car import CAR_LENGTH, CAR_WIDTH
 from .imageio import write_gif, write_png
 from .raster import TrackRaster
@@ -60,14 +61,36 @@ def car_polygon(x: float, y: float, yaw: float, scale: float = 1.0) -> np.ndarra
     return local @ np.array([[c, s], [-s, c]]) + np.array([x, y])
 
 
+def _to_px(raster: TrackRaster, x: float, y: float) -> tuple[float, float]:
+    """World metres -> (row, column) of the raster's image."""
+    return (raster.y1 - y) / raster.resolution, (x - raster.x0) / raster.resolution
+
+
+def _text_scale(img: np.ndarray) -> int:
+    return max(1, img.shape[0] // 150)
+
+
 def render_frame(track: Track, x: Sequence[float], y: Sequence[float], yaw: Sequence[float],
-                 resolution: float = 0.02) -> np.ndarray:
-    """RGB (H, W, 3) top-down frame of ``track`` with one car per (x, y, yaw[rad]) entry."""
+                 resolution: float = 0.02, text: str | None = None) -> np.ndarray:
+    """RGB (H, W, 3) top-down frame of ``track`` with one car per (x, y, yaw[rad]) entry, each with a short
+    line showing where it points, and ``text`` (e.g. step, speed, progress) in the top-left corner."""
     img, raster = track_image(track, resolution)
     img = img.copy()
     for i, (xi, yi, yawi) in enumerate(zip(x, y, yaw)):
-        _fill_polygon(img, raster, car_polygon(xi, yi, yawi, scale=1.5), _CAR_COLORS[i % len(_CAR_COLORS)])
+        color = _CAR_COLORS[i % len(_CAR_COLORS)]
+        _fill_polygon(img, raster, car_polygon(xi, yi, yawi, scale=1.5), color)
+        nose = _to_px(raster, xi + 0.2 * np.cos(yawi), yi + 0.2 * np.sin(yawi))
+        tip = _to_px(raster, xi + 0.45 * np.cos(yawi), yi + 0.45 * np.sin(yawi))
+        draw_line(img, nose, tip, color, width=2)
+    if text:
+        scale = _text_scale(img)
+        draw_text(img, text, 2 * scale, 2 * scale, scale)
     return img
+
+
+def status_text(steps: int, speed: float, progress: float) -> str:
+    """The frame overlay: step, speed (m/s) and lap progress (percent)."""
+    return f"STEP {int(steps)} {float(speed):.2f} M/S {float(progress):.1f}%"
 
 
 def save_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = 15.0) -> Path:
@@ -90,7 +113,8 @@ def _speed_color(v: np.ndarray, vmax: float) -> np.ndarray:
 
 def plot_trajectories(track: Track | str | Path | np.ndarray, trajectories: Sequence[np.ndarray],
                       path: str | Path, resolution: float = 0.02, vmax: float | None = None) -> Path:
-    """PNG of trajectories over the track, coloured by speed.
+    """PNG of trajectories over the track, coloured by speed, with the start line, an arrow showing the
+    driving direction and a speed colour bar (labelled in m/s) on the right.
 
     Args:
         trajectories: arrays of shape (T, 3) holding x, y, speed per step (e.g. from a simtrace).
@@ -117,5 +141,28 @@ def plot_trajectories(track: Track | str | Path | np.ndarray, trajectories: Sequ
             for dc in (0, 1):
                 ok = (rows + dr >= 0) & (rows + dr < h) & (cols + dc >= 0) & (cols + dc < w)
                 img[rows[ok] + dr, cols[ok] + dc] = color[ok]
+    _start_and_direction(img, raster, tr)
+    bar = _speed_color(np.linspace(0.0, vmax, 64), vmax)
+    scale = _text_scale(img)
+    img = colour_bar(img, bar, "0.00", f"{vmax:.2f} M/S", scale)
     write_png(path, img)
     return Path(path)
+
+
+def _start_and_direction(img: np.ndarray, raster: TrackRaster, track: Track) -> None:
+    """A chequered start line across the road at waypoint 0, and an arrow just after it pointing the way
+    the track is driven."""
+    a, b = _to_px(raster, *track.left[0]), _to_px(raster, *track.right[0])
+    n = 8
+    for k in range(n):
+        t0, t1 = k / n, (k + 1) / n
+        p0 = (a[0] + (b[0] - a[0]) * t0, a[1] + (b[1] - a[1]) * t0)
+        p1 = (a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1)
+        draw_line(img, p0, p1, WHITE if k % 2 else BLACK, width=3)
+    s = min(0.4, 0.05 * track.length)
+    (cx, cy), heading = track.point_at(s), np.radians(track.heading_at(s))
+    size = 0.5 * track.width
+    d, n_ = np.array([np.cos(heading), np.sin(heading)]), np.array([-np.sin(heading), np.cos(heading)])
+    c = np.array([cx, cy])
+    arrow = np.array([c + d * size * 0.6, c - d * size * 0.4 + n_ * size * 0.35, c - d * size * 0.4 - n_ * size * 0.35])
+    _fill_polygon(img, raster, arrow, WHITE)

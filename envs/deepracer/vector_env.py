@@ -186,14 +186,15 @@ class DeepRacerVectorEnv(VectorEnv):
                 "lap_time": np.where(lap, sim.steps * DT, 0.0), "_lap_time": lap}
 
     def render(self) -> np.ndarray | None:
-        """Top-down RGB frame: all cars sharing car 0's track."""
+        """Top-down RGB frame: all cars sharing car 0's track; car 0's step, speed and progress written on it."""
         if self.render_mode != "rgb_array":
             return None
-        from .render import render_frame
+        from .render import render_frame, status_text
 
         sim = self.sim
         same = sim.tid == sim.tid[0]
-        return render_frame(sim.track_of(0), sim.x[same], sim.y[same], sim.yaw[same])
+        return render_frame(sim.track_of(0), sim.x[same], sim.y[same], sim.yaw[same],
+                            text=status_text(sim.steps[0], sim.speed[0], sim.progress[0]))
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to resume bit-exactly: car states, RNG state, start counter, autoreset flags."""

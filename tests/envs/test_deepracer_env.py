@@ -177,5 +177,5 @@ def test_render_gif_and_trajectory_png(tmp_path):
         im.seek(3)
         got = np.asarray(im.convert("RGB")).astype(int)
         assert np.abs(got - frames[3]).mean() < 30  # palette quantisation only
-    with pil.open(png) as im:
-        assert im.size == frames[0].shape[1::-1]
+    with pil.open(png) as im:  # the track picture plus a speed colour bar on its right
+        assert im.size[1] == frames[0].shape[0] and im.size[0] == frames[0].shape[1] + 49

@@ -260,3 +260,23 @@ def test_malformed_simtrace_files_fail_in_one_line(tmp_path, text, words):
     with pytest.raises(ValueError, match=words) as err:
         replay(csv, "progress_speed", "circuit")
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- pictures
+def test_frames_carry_step_speed_and_progress_and_plots_a_speed_bar(tmp_path):
+    from envs.deepracer import plot_trajectories
+    from envs.deepracer.render import status_text, track_image
+
+    env = DeepRacerEnv(track="oval", render_mode="rgb_array", training=False)
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(5)
+    assert status_text(env.sim.steps[0], env.sim.speed[0], env.sim.progress[0]).startswith("STEP 3 0.")
+    frame = env.render()
+    plain = track_image(env.track)[0]
+    white = lambda img: int((img[:8, :120] == 255).all(axis=2).sum())  # noqa: E731
+    assert white(plain) == 0 and white(frame) > 40
+    path = tmp_path / "t.png"
+    plot_trajectories("oval", [np.array([[1.6, 0.8, 0.5], [2.0, 0.8, 1.0]])], path)
+    width = int.from_bytes(path.read_bytes()[16:20], "big")
+    assert width > plain.shape[1] + 40  # the colour bar and its labels sit right of the track
