@@ -1,22 +1,51 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, then rename over the target.
+"""Atomic checkpoints, safe loading, and the rules for resuming a run.
 
-A run killed mid-write leaves either the previous checkpoint or the new one, never a torn file.
-Loading uses ``weights_only=True``: a checkpoint cannot run code.
+Saving writes to a temporary file in the same folder, then renames it over the target: a run killed
+mid-write leaves either the previous checkpoint or the new one, never a torn file. Loading uses
+``weights_only=True``: a checkpoint cannot run code. A newest checkpoint that cannot be read anyway
+(truncated by a full disk, emptied, overwritten, a folder named like one) is skipped with a one-line
+warning for the newest one that can; when none can, the error names each file and what is wrong with it.
 """
 from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 
+from rlhf.errors import ConfigError
+
 _NAME = re.compile(r"step_(\d+)\.pt$")
+UNREADABLE_SUFFIX = ".unreadable"
+
+# What a resumed run cannot change: the checkpoint's tensors, optimizer state, env state or random
+# streams were made for these values. Everything else (total_timesteps, learning rate, logging, ...) may.
+FROZEN_ON_RESUME = (
+    "seed",                                    # the run's random streams (and the text task's vocabulary)
+    "env.id", "env.num_envs", "env.vectorization",  # the saved env and collector state
+    "policy.hidden_sizes", "policy.activation", "policy.shared", "policy.normalize_obs", "policy.cnn_features",
+    "ppo.optimizer", "ppo.normalize_reward",   # optimizer state layout, reward-scaler state
+    "precision.train", "precision.qat",        # loss-scaler state, quantization-aware modules
+)
+FROZEN_ON_RESUME_TEXT = (
+    "seed", "text.model.n_layer", "text.model.n_head", "text.model.n_embd", "text.model.block_size",
+    "text.advantage", "text.lora", "ppo.optimizer", "precision.train", "precision.qat",
+)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def _file_mode() -> int:
+    """What ``open(path, "w")`` would give (0644 under the usual umask); ``mkstemp`` gives 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save_file(state: dict, target: str | Path) -> Path:
@@ -25,6 +54,7 @@ def save_file(state: dict, target: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp_", suffix=".pt")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -37,15 +67,15 @@ def save_file(state: dict, target: str | Path) -> Path:
 
 
 def save_checkpoint(state: dict, run_dir: str | Path, step: int, keep: int = 3) -> Path:
-    """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep``."""
+    """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep`` files."""
     target = save_file(state, checkpoint_dir(run_dir) / f"step_{step:012d}.pt")
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in [p for p in list_checkpoints(run_dir) if p.is_file()][:-keep]:
         old.unlink(missing_ok=True)
     return target
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run, oldest first."""
+    """Paths named like checkpoints in a run, oldest first (readable or not: see ``latest_valid``)."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
@@ -54,9 +84,123 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest path named like a checkpoint, without reading it (``latest_valid`` reads)."""
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: str | Path, required: Iterable[str] = ()) -> dict:
+    """The checkpoint's dict; a file that is not one raises ConfigError naming it and what is wrong."""
+    state, problem = _read(Path(path), tuple(required), mmap=False)
+    if problem:
+        raise ConfigError(f"checkpoint {str(path)!r} {problem}")
+    return state
+
+
+def checkpoint_problem(path: str | Path, required: Iterable[str] = ()) -> str | None:
+    """Why ``path`` is not a usable checkpoint (None when it is). Memory-maps: tensors are not read."""
+    return _read(Path(path), tuple(required), mmap=True)[1]
+
+
+def _read(path: Path, required: tuple[str, ...], mmap: bool) -> tuple[dict | None, str | None]:
+    if path.is_dir():
+        return None, "is a directory"
+    try:
+        if path.stat().st_size == 0:
+            return None, "is empty"
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # torch raises OSError, EOFError, RuntimeError, UnpicklingError, ... for a bad file
+        return None, f"is truncated or not a checkpoint ({type(exc).__name__})"
+    if not isinstance(state, dict):
+        return None, f"holds a {type(state).__name__}, not a checkpoint dict"
+    missing = [k for k in required if k not in state]
+    if missing:
+        return None, f"lacks {', '.join(missing)}"
+    return state, None
+
+
+def latest_valid(run_dir: str | Path, required: Iterable[str] = ("policy",), load: bool = False,
+                 warn: Callable[[str], None] | None = None) -> tuple[Path, dict | None] | None:
+    """The newest checkpoint that can be read and holds ``required`` keys, newest first.
+
+    Returns ``(path, state)`` (state only with ``load=True``; each file is read once), or None when the
+    run has no checkpoint at all. Skipped files are reported through ``warn`` in one line (default: to
+    stderr); when every file is unusable, raises ConfigError naming them.
+    """
+    required = tuple(required)
+    skipped: list[tuple[Path, str]] = []
+    candidates = list_checkpoints(run_dir)
+    for path in reversed(candidates):
+        state, problem = _read(path, required, mmap=not load)
+        if problem is None:
+            if skipped:
+                (warn or _stderr)(f"rlhf: warning: skipping {_describe(skipped)}; using {path.name}")
+            return path, state if load else None
+        skipped.append((path, problem))
+    if skipped:
+        raise ConfigError(f"no usable checkpoint in {str(checkpoint_dir(run_dir))!r}: {_describe(skipped)}")
+    return None
+
+
+def skipped_newer(run_dir: str | Path, chosen: Path) -> list[Path]:
+    """Paths named like checkpoints that sort after ``chosen``: the unusable ones ``latest_valid`` skipped."""
+    found = list_checkpoints(run_dir)
+    return found[found.index(chosen) + 1:] if chosen in found else []
+
+
+def set_aside(paths: Iterable[Path]) -> list[Path]:
+    """Rename unusable checkpoints to ``*.pt.unreadable``: kept for inspection, never again taken for the
+    newest one, never overwritten by a save at the same step, never counted by ``keep``."""
+    moved = []
+    for path in paths:
+        target = path.with_name(path.name + UNREADABLE_SUFFIX)
+        n = 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}{UNREADABLE_SUFFIX}.{n}")
+        os.replace(path, target)
+        moved.append(target)
+    return moved
+
+
+def _describe(skipped: list[tuple[Path, str]]) -> str:
+    return ", ".join(f"{p.name} ({why})" for p, why in skipped)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- resume rules
+
+def _dotted(data: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def refuse_frozen_changes(saved: dict, new: dict, keys: Iterable[str], run_dir: str | Path) -> None:
+    """ConfigError naming the first of ``keys`` whose value differs between the run's saved config and the
+    resumed one (both as ``Config.model_dump(mode="json")``)."""
+    for key in keys:
+        old, value = _dotted(saved, key), _dotted(new, key)
+        if old != value:
+            raise ConfigError(f"--resume {str(run_dir)!r}: {key} cannot change on a resumed run (the checkpoint "
+                              f"was trained with {old!r}, got {value!r}); start a new run with --run-dir instead")
+
+
+def write_config(cfg, run_dir: str | Path) -> Path:
+    """``config.yaml`` replaced atomically: a run killed mid-write keeps the previous one."""
+    from rlhf.config import save_config
+
+    target = Path(run_dir) / "config.yaml"
+    tmp = target.with_name(f".tmp_{os.getpid()}_config.yaml")
+    try:
+        save_config(cfg, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target

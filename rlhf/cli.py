@@ -4,14 +4,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 
+from rlhf import __version__
 from rlhf.errors import ConfigError
 
 
 def _default_run_dir(config_path: str) -> Path:
-    return Path("runs") / f"{Path(config_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    """``runs/<config>-<time>``, created now so that two runs started together never share it."""
+    from rlhf.run_dir import unique_run_dir
+
+    return unique_run_dir("runs", Path(config_path).stem)
 
 
 def _trainer(cfg):
@@ -45,12 +48,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = ([args.config] if args.config else []) + args.overrides
         cfg = load_config(run_dir / "config.yaml", overrides)
         trainer = _trainer(cfg)(cfg, run_dir, resume=True)
+        if trainer.finished:  # exit 0: resuming a finished run is a no-op, so a requeued job may repeat it
+            trainer.close()
+            key, value = ("text.updates", cfg.text.updates) if cfg.text is not None else \
+                ("total_timesteps", cfg.total_timesteps)
+            print(f"rlhf: {run_dir} already finished ({key} = {value}): nothing to train; resume with a larger "
+                  f"{key}=... to train on", file=sys.stderr)
+            return 0
     else:
         if not args.config:
             raise ConfigError("rlhf train needs a config file, e.g. rlhf train configs/cartpole.yaml")
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config)
-        trainer = _trainer(cfg)(cfg, run_dir)
+        try:
+            trainer = _trainer(cfg)(cfg, run_dir)
+        except BaseException:
+            if not args.run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # the directory made for this run stays only if the run started
+            raise
     print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
     stats = trainer.train()
     if cfg.text is not None:
@@ -209,20 +224,40 @@ def cmd_model_size(args: argparse.Namespace) -> int:
     envs.close()
     rows = model_size_table(policy, optimizer="adam", train_mode=cfg.precision.train)
     print(format_model_size_table(rows))
+    _print_moe_size(policy, "per observation")
     return 0
+
+
+def _print_moe_size(model, unit: str) -> None:
+    """Total vs active parameters of a Mixture-of-Experts model, and their weight bytes per precision."""
+    from rlhf.moe import active_parameters, moe_layers
+
+    layers = moe_layers(model)
+    if not layers:
+        return
+    total, active = active_parameters(model)
+    s = layers[0].settings
+    print(f"Mixture of Experts: {len(layers)} layers, top {s.top_k} of {s.experts} experts; parameters total "
+          f"{total:,}, active {unit} {active:,} ({100 * active / total:.0f}%)")
+    for name, nbytes in (("fp32", 4), ("bf16", 2), ("int8", 1), ("nf4", 0.5)):
+        print(f"  {name:>5} weights: total {int(total * nbytes):,} bytes, active {unit} {int(active * nbytes):,} bytes"
+              + ("  (plus per-block scales)" if name in ("int8", "nf4") else ""))
 
 
 def _text_model_size(cfg) -> int:
     """The PPO policy's table, and what the reference costs: a frozen copy, or nothing with LoRA."""
     from rlhf.precision import format_model_size_table, model_size_table
+    from rlhf.moe import MoESettings
     from rlhf.text.model import GPT, GPTConfig
     from rlhf.text.task import Task
     from rlhf.text.tokenizer import Tokenizer
 
     m, t = cfg.text.model, cfg.text
     gpt = GPT(GPTConfig(vocab_size=Tokenizer(Task.vocabulary).vocab_size, block_size=m.block_size,
-                        n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, value_head=t.advantage == "gae"))
+                        n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, value_head=t.advantage == "gae",
+                        moe=MoESettings(**m.moe.model_dump()) if m.moe else None))
     print(f"text policy: {gpt.num_params(non_embedding=False):,} parameters")
+    _print_moe_size(gpt, "per token")
     print(format_model_size_table(model_size_table(gpt, optimizer="adam", train_mode=cfg.precision.train)))
     if t.lora is None:
         ref = sum(p.numel() * p.element_size() for n, p in gpt.named_parameters() if not n.startswith("value_head"))
@@ -266,6 +301,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description="PPO from config files: DeepRacer-like cars, gym tasks, toy RLHF.")
+    parser.add_argument("--version", action="version", version=f"rlhf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train from a YAML config (key=value overrides follow it)")

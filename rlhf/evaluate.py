@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rlhf.build import build_policy, resolve_device
-from rlhf.checkpoint import latest_checkpoint, load_checkpoint
+from rlhf.checkpoint import checkpoint_problem, latest_valid, load_checkpoint
 from rlhf.config import Config, load_config
 from rlhf.errors import ConfigError
 from rlhf.integrations import for_env
@@ -25,16 +25,20 @@ from rlhf.vec_env import make_vec_env
 
 
 def locate(target: str | Path) -> tuple[Path, Path]:
-    """(run_dir, checkpoint) from a run directory or a checkpoint file inside one."""
+    """(run_dir, checkpoint) from a run directory (its newest usable checkpoint: unreadable newer ones are
+    skipped with a warning) or a checkpoint file inside one."""
     target = Path(target)
     if target.is_file():
+        problem = checkpoint_problem(target, ("policy",))
+        if problem:
+            raise ConfigError(f"checkpoint {str(target)!r} {problem}")
         return target.parent.parent, target
     if not target.is_dir():
         raise ConfigError(f"{str(target)!r} is neither a run directory nor a checkpoint file")
-    ckpt = latest_checkpoint(target)
-    if ckpt is None:
+    found = latest_valid(target, ("policy",))
+    if found is None:
         raise ConfigError(f"{str(target)!r} holds no checkpoints (expected {target / 'checkpoints'}/step_*.pt)")
-    return target, ckpt
+    return target, found[0]
 
 
 SEED_OFFSET = 10_000  # evaluation episodes differ from the training run's first ones, but are fixed

@@ -3,36 +3,58 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rlhf.build import build_optimizer, build_policy, build_precision, ppo_settings, resolve_device
-from rlhf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlhf.config import Config, save_config
+from rlhf.checkpoint import (FROZEN_ON_RESUME, latest_checkpoint, latest_valid, refuse_frozen_changes, save_checkpoint,
+                             set_aside, skipped_newer, write_config)
+from rlhf.config import Config, load_config
 from rlhf.env_state import get_env_state, set_env_state
 from rlhf.errors import ConfigError, NonFiniteError
 from rlhf.finite import check_state
 from rlhf.integrations import for_env
 from rlhf.logger import Logger
+from rlhf.moe import moe_statistics
 from rlhf.normalize import RewardScaler
 from rlhf.ppo.update import Batch, adapt_kl_coef, ppo_update
 from rlhf.rollout import Collector, make_rollout, score_rollout
+from rlhf.run_dir import RunDirLock
 from rlhf.schedules import schedule_value
 from rlhf.signals import StopFlag
 from rlhf.vec_env import make_vec_env
 
 
 class Trainer:
-    """Owns the env, networks, optimizer and counters of one run directory."""
+    """Owns the env, networks, optimizer and counters of one run directory, and holds its lock (one run per
+    directory) until ``train()`` returns or ``close()`` is called.
+
+    A resumed run changes nothing on disk until its first checkpoint: then ``config.yaml`` takes the
+    resumed config and unusable newer checkpoints are set aside. Keys the checkpoint depends on
+    (``FROZEN_ON_RESUME``) are refused by name.
+    """
+
+    REQUIRED = ("policy", "optimizer", "precision", "counters", "rng", "collector")  # keys a resumable checkpoint has
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.lock = RunDirLock(self.run_dir).acquire()
+        weakref.finalize(self, self.lock.release)  # a trainer dropped without train() or close()
+        self._pending_resume: list[Path] | None = None  # unusable checkpoints to set aside at the first save
+        try:
+            self._build(cfg, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, cfg: Config, resume: bool) -> None:
         if not resume and latest_checkpoint(self.run_dir) is not None:
             raise ConfigError(f"run directory {str(self.run_dir)!r} already holds checkpoints: continue it with "
                               f"--resume {self.run_dir}, or choose another --run-dir")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        found = self._find_resume_checkpoint() if resume else None
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
@@ -50,12 +72,36 @@ class Trainer:
         self.collector = Collector(self.envs, self.device, scaler)
         self.rollout = make_rollout(self.envs, cfg.ppo.rollout_steps if cfg.ppo.episodes_between_updates is None else 256)
         self.global_step, self.updates, self.kl_coef = 0, 0, cfg.ppo.kl_coef
+        self.n_updates = 0  # gradient steps over the whole run (train/n_updates, cumulative as in SB3)
         self.last_stats: dict[str, float] = {}
-        if resume:
-            self._load(latest_checkpoint(self.run_dir))
+        if found is not None:
+            self._load(*found)
+            self._pending_resume = skipped_newer(self.run_dir, found[0])
         else:
             self.collector.reset(seed=cfg.seed)
-        save_config(cfg, self.run_dir / "config.yaml")
+            write_config(self.cfg, self.run_dir)
+
+    def _find_resume_checkpoint(self) -> tuple[Path, dict]:
+        """Before anything is built: refuse frozen overrides, then read the newest usable checkpoint."""
+        saved = self.run_dir / "config.yaml"
+        if saved.is_file():
+            refuse_frozen_changes(load_config(saved).model_dump(mode="json"), self.cfg.model_dump(mode="json"),
+                                  FROZEN_ON_RESUME, self.run_dir)
+        found = latest_valid(self.run_dir, self.REQUIRED, load=True)
+        if found is None:
+            raise ConfigError(f"--resume {str(self.run_dir)!r}: no checkpoint found in {self.run_dir / 'checkpoints'}")
+        return found
+
+    @property
+    def finished(self) -> bool:
+        """Resumed at or past ``total_timesteps``: nothing to train (raise total_timesteps to continue)."""
+        return self.global_step >= self.cfg.total_timesteps
+
+    def close(self) -> None:
+        """Close the envs and release the run directory (``train()`` does this when it returns)."""
+        if getattr(self, "envs", None) is not None:
+            self.envs.close()
+        self.lock.release()
 
     # ------------------------------------------------------------------ actor copy for rollouts
     def _make_actor(self):
@@ -74,6 +120,9 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, float]:
         cfg = self.cfg
+        if self.finished:  # a finished run resumed as is: no empty event file, no duplicate checkpoint
+            self.close()
+            return self.last_stats
         logger = Logger(self.run_dir, cfg.logging, cfg.total_timesteps, start_step=self.global_step)
         if self.updates == 0:
             logger.text("config", "```yaml\n" + (self.run_dir / "config.yaml").read_text() + "\n```")
@@ -104,7 +153,7 @@ class Trainer:
             raise NonFiniteError(f"{exc}; training stopped after {self.global_step} env steps, {kept}") from None
         finally:
             logger.close()
-            self.envs.close()
+            self.close()
         return self.last_stats
 
     def _save_finite(self) -> Path:
@@ -189,6 +238,8 @@ class Trainer:
             self.policy.obs_rms.update(batch.obs)
         self._refresh_actor()
         self.updates += 1
+        self.n_updates += int(stats["train/n_updates"])
+        stats["train/n_updates"] = float(self.n_updates)
         stats["train/learning_rate"] = lr
         return stats
 
@@ -204,6 +255,7 @@ class Trainer:
             stats.update(self.hooks.episode_metrics(list(ep.infos)))
         if self.policy.continuous:
             stats["train/std"] = float(self.policy.log_std.exp().mean())
+        stats.update(moe_statistics(self.policy.moe_layers))  # routing of the last minibatch
         return stats
 
     # ------------------------------------------------------------------ checkpoints
@@ -212,24 +264,33 @@ class Trainer:
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "precision": self.precision.state_dict(),
-            "counters": {"global_step": self.global_step, "updates": self.updates, "kl_coef": self.kl_coef},
+            "counters": {"global_step": self.global_step, "updates": self.updates, "kl_coef": self.kl_coef,
+                         "n_updates": self.n_updates},
             "rng": {"torch": torch.get_rng_state()},
             "collector": self.collector.state_dict(),
             "env_state": get_env_state(self.envs),
         }
 
     def save(self) -> Path:
+        """The checkpoint; a resumed run's first one also commits its config (see the class docstring)."""
+        if self._pending_resume is not None:
+            write_config(self.cfg, self.run_dir)
+            set_aside(self._pending_resume)
+            self._pending_resume = None
         return save_checkpoint(self.state_dict(), self.run_dir, self.global_step, self.cfg.checkpoint.keep)
 
-    def _load(self, path: Path | None) -> None:
-        if path is None:
-            raise ConfigError(f"--resume {str(self.run_dir)!r}: no checkpoint found in {self.run_dir / 'checkpoints'}")
-        state = load_checkpoint(path)
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.precision.load_state_dict(state["precision"])
+    def _load(self, path: Path, state: dict) -> None:
+        try:
+            self.policy.load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.precision.load_state_dict(state["precision"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"--resume {str(self.run_dir)!r}: checkpoint {path.name} does not fit this config "
+                              f"(was config.yaml edited?): {detail}") from None
         counters = state["counters"]
         self.global_step, self.updates, self.kl_coef = counters["global_step"], counters["updates"], counters["kl_coef"]
+        self.n_updates = int(counters.get("n_updates", 0))
         torch.set_rng_state(state["rng"]["torch"])
         self._refresh_actor()
         if state.get("env_state") is not None:

@@ -4,6 +4,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,110 @@ def test_run_dir_is_not_reused_by_accident(tmp_path, capsys):
     assert main(["train", CARTPOLE, "--resume", str(run_dir)]) == 2
     assert "pass only key=value overrides" in capsys.readouterr().err
     assert main(["train", "--resume", str(run_dir), "total_timesteps=1024"]) == 0  # an override extends it
+
+
+def tiny_run(run_dir, *extra):
+    """A 1024-step CartPole run with checkpoints at 512 and 1024 (a second or two)."""
+    args = ["train", CARTPOLE, "total_timesteps=1024", "checkpoint.every=512", "logging.progress_bar=false",
+            *extra, "--run-dir", str(run_dir)]
+    assert main(args) == 0
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"rlhf {version('rlhf')}"
+
+
+def test_a_second_train_on_a_busy_run_directory_fails_fast_and_the_first_finishes(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(rlhf_cmd("train", CARTPOLE, "total_timesteps=1000000", "checkpoint.every=256",
+                                      "logging.progress_bar=false", "--run-dir", str(run_dir)),
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = run_dir / ".rlhf.lock"
+    deadline = time.time() + 60
+    while not lock.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    import rlhf.trainer  # noqa: F401  (timed below: the refusal, not the first import)
+
+    t0 = time.perf_counter()
+    code = main(["train", CARTPOLE, "total_timesteps=512", "--run-dir", str(run_dir)])
+    assert time.perf_counter() - t0 < 1.0
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"rlhf: run directory {str(run_dir)!r} is in use by process {first.pid} ")
+    assert len(err.splitlines()) == 1
+    while not list((run_dir / "checkpoints").glob("step_*.pt")) and time.time() < deadline:
+        time.sleep(0.02)  # training has begun: the interrupt below is a request to stop, not an abort
+    first.send_signal(signal.SIGINT)  # the first stops at its next update, checkpoints and exits 0
+    _, first_err = first.communicate(timeout=60)
+    assert first.returncode == 0, first_err
+    from rlhf.checkpoint import latest_valid
+
+    path, state = latest_valid(run_dir, ("policy", "optimizer", "counters"), load=True)
+    assert path.name == f"step_{state['counters']['global_step']:012d}.pt"
+    assert not lock.exists()
+
+
+def test_eval_and_resume_fall_back_past_an_unreadable_newest_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir)
+    newest = run_dir / "checkpoints" / "step_000000001024.pt"
+    newest.write_bytes(newest.read_bytes()[:-100])
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--episodes", "1", "--json"]) == 0
+    warning = ("rlhf: warning: skipping step_000000001024.pt (is truncated or not a checkpoint (RuntimeError)); "
+               "using step_000000000512.pt")
+    assert capsys.readouterr().err.strip() == warning
+    assert main(["train", "--resume", str(run_dir), "logging.progress_bar=false"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(warning + "\n") and "finished at step 1024" in err
+    assert (run_dir / "checkpoints" / "step_000000001024.pt.unreadable").is_file()
+    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+        path.write_bytes(b"")
+    assert main(["eval", str(run_dir), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("rlhf: no usable checkpoint in ") and "Traceback" not in err
+
+
+def test_a_refused_resume_leaves_the_run_directory_byte_identical(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "env.num_envs=2", "total_timesteps=2048"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"rlhf: --resume {str(run_dir)!r}: env.num_envs cannot change on a resumed run (the checkpoint "
+                   "was trained with 8, got 2); start a new run with --run-dir instead")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_finished_run_resumed_without_more_steps_says_so(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir)
+    files = sorted(run_dir.rglob("*"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert capsys.readouterr().err.strip() == (f"rlhf: {run_dir} already finished (total_timesteps = 1024): nothing "
+                                               "to train; resume with a larger total_timesteps=... to train on")
+    assert sorted(run_dir.rglob("*")) == files  # no empty event file, no new checkpoint
+
+
+def test_run_files_have_one_mode_and_default_run_dirs_are_unique(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from rlhf.cli import _default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        tiny_run(tmp_path / "run")
+        a, b = _default_run_dir("configs/cartpole.yaml"), _default_run_dir("configs/cartpole.yaml")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o644}, modes
+    assert a != b and a.parent == b.parent == Path("runs") and a.is_dir() and b.is_dir()
+    assert a.name.startswith("cartpole-") and b.name in (a.name + "-2", *(n for n in [b.name] if n[:-2] != a.name))

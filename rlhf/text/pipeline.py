@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,11 +24,14 @@ import numpy as np
 import torch
 
 from rlhf.build import build_optimizer, build_precision, ppo_settings, resolve_device
-from rlhf.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_file
-from rlhf.config import Config, save_config
+from rlhf.checkpoint import (FROZEN_ON_RESUME_TEXT, latest_checkpoint, latest_valid, load_checkpoint,
+                             refuse_frozen_changes, save_checkpoint, save_file, set_aside, skipped_newer, write_config)
+from rlhf.config import Config, load_config
 from rlhf.errors import ConfigError, NonFiniteError
 from rlhf.finite import check_state
 from rlhf.logger import Logger
+from rlhf.moe import MoESettings
+from rlhf.run_dir import RunDirLock
 from rlhf.signals import StopFlag
 from rlhf.text.model import GPT, GPTConfig
 from rlhf.text.policy import TextPolicy
@@ -137,27 +141,74 @@ def build_text_ppo(cfg: Config, run_dir: Path, tokenizer: Tokenizer, task: Task,
 # ----------------------------------------------------------------------------- the trainer
 
 class TextTrainer:
-    """Runs ``cfg.text_stages`` into ``run_dir``; the same CLI verbs as the gym trainer."""
+    """Runs ``cfg.text_stages`` into ``run_dir``; the same CLI verbs as the gym trainer.
+
+    Holds the run directory's lock until ``train()`` returns or ``close()``. A resume refuses the keys its
+    models depend on (``FROZEN_ON_RESUME_TEXT``), reads the newest usable PPO checkpoint up front, and
+    writes nothing (files adopted, ``config.yaml``) until ``train()`` starts.
+    """
+
+    PPO_REQUIRED = ("policy", "optimizer", "precision", "counters", "rng")
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
         if cfg.precision.qat:
             raise ConfigError("precision.qat applies to gym policies only; text runs quantize through "
                               "precision.rollout or text.lora.quantize_base")
         self.cfg, self.text, self.run_dir, self.resume = cfg, cfg.text, Path(run_dir), resume
+        self.lock = RunDirLock(self.run_dir).acquire()
+        weakref.finalize(self, self.lock.release)
+        try:
+            self._build(cfg, resume)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, cfg: Config, resume: bool) -> None:
         if not resume and (latest_checkpoint(self.run_dir) or (self.run_dir / SFT_FILE).exists()):
             raise ConfigError(f"run directory {str(self.run_dir)!r} already holds a run: continue it with "
                               f"--resume {self.run_dir}, or choose another --run-dir")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg = cfg = adopt_files(cfg, self.run_dir)
-        self.text = cfg.text
+        self._resume_from: tuple[Path, dict] | None = None
+        self._pending_resume: list[Path] | None = None  # unusable checkpoints to set aside when training starts
+        if resume:
+            saved = self.run_dir / "config.yaml"
+            if saved.is_file():
+                refuse_frozen_changes(load_config(saved).model_dump(mode="json"), cfg.model_dump(mode="json"),
+                                      FROZEN_ON_RESUME_TEXT, self.run_dir)
+            self._resume_from = latest_valid(self.run_dir, self.PPO_REQUIRED, load=True)
+            self._pending_resume = skipped_newer(self.run_dir, self._resume_from[0]) if self._resume_from else []
+        else:
+            self.cfg = cfg = adopt_files(cfg, self.run_dir)
+            self.text = cfg.text
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
         self.task = Task(seed=cfg.seed)
         self.tokenizer = self._tokenizer()
-        save_config(cfg, self.run_dir / "config.yaml")
+        if not resume:
+            write_config(cfg, self.run_dir)
         self.global_step = 0
         self.last_stats: dict[str, float] = {}
+
+    @property
+    def finished(self) -> bool:
+        """A resumed run whose every stage is done (PPO at ``text.updates``): nothing to train."""
+        if not self.resume:
+            return False
+        done = {"sft": (self.run_dir / SFT_FILE).is_file(), "reward_model": (self.run_dir / RM_FILE).is_file(),
+                "ppo": self._resume_from is not None and
+                self._resume_from[1]["counters"]["updates"] >= self.text.updates}
+        return all(done[stage] for stage in self.cfg.text_stages)
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def _start_resumed(self) -> None:
+        """The resumed run starts: adopt its files, commit its config, set unusable checkpoints aside."""
+        self.cfg = adopt_files(self.cfg, self.run_dir)
+        self.text = self.cfg.text
+        write_config(self.cfg, self.run_dir)
+        set_aside(self._pending_resume)
+        self._pending_resume = None
 
     def _tokenizer(self) -> Tokenizer:
         path = self.run_dir / TOKENIZER_FILE
@@ -168,16 +219,25 @@ class TextTrainer:
         return tokenizer
 
     def train(self) -> dict[str, float]:
-        total = self.text.updates * self.text.prompts_per_update * self.text.num_generations * self.text.max_new_tokens
-        self.logger = Logger(self.run_dir, self.cfg.logging, total, headline=("objective/scores", "score"))
+        if self.finished:  # nothing to train: no empty event file
+            self.stop = StopFlag()
+            self.close()
+            return self.last_stats
         try:
-            with StopFlag() as self.stop:
-                for stage in self.cfg.text_stages:
-                    if self.stop.requested:
-                        break
-                    self._run_stage(stage)
+            if self._pending_resume is not None:
+                self._start_resumed()
+            total = self.text.updates * self.text.prompts_per_update * self.text.num_generations * self.text.max_new_tokens
+            self.logger = Logger(self.run_dir, self.cfg.logging, total, headline=("objective/scores", "score"))
+            try:
+                with StopFlag() as self.stop:
+                    for stage in self.cfg.text_stages:
+                        if self.stop.requested:
+                            break
+                        self._run_stage(stage)
+            finally:
+                self.logger.close()
         finally:
-            self.logger.close()
+            self.close()
         return self.last_stats
 
     def _run_stage(self, stage: str) -> None:
@@ -198,7 +258,8 @@ class TextTrainer:
         torch.manual_seed(self.cfg.seed)
         m, s = self.text.model, self.text.sft
         model = GPT(GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=m.block_size, n_layer=m.n_layer,
-                              n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout)).to(self.device)
+                              n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout,
+                              moe=MoESettings(**m.moe.model_dump()) if m.moe else None)).to(self.device)
         self.logger.console.print(f"stage 1/3 sft: {model.num_params() / 1e6:.2f}M parameters, {s.steps} steps")
         metrics = train_sft(model, self.tokenizer, self.task, steps=s.steps, batch_size=s.batch_size,
                             lr=s.learning_rate, corpus_size=s.corpus_size, seed=self.cfg.seed,
@@ -234,8 +295,9 @@ class TextTrainer:
     def stage_ppo(self) -> None:
         t = self.text
         ppo = build_text_ppo(self.cfg, self.run_dir, self.tokenizer, self.task, self.device)
-        if self.resume and latest_checkpoint(self.run_dir) is not None:
-            ppo.load_state_dict(load_checkpoint(latest_checkpoint(self.run_dir)))
+        if self._resume_from is not None:
+            ppo.load_state_dict(self._resume_from[1])
+            self._resume_from = None  # read once; frees the state dict
         elif ppo.updates == 0:
             self.snapshot(ppo)
         self.logger.step0 = ppo.global_step
