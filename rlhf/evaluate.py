@@ -269,11 +269,11 @@ def check_video_path(path: str | Path) -> Path:
     path = Path(path)
     Image.init()
     allowed = [ext for ext, fmt in VIDEO_FORMATS.items() if fmt in Image.SAVE_ALL]
+    if path.is_dir():
+        raise ConfigError(f"--video {str(path)!r}: is a folder; give a file name such as {str(path / 'lap.gif')!r}")
     if path.suffix.lower() not in allowed:
         raise ConfigError(f"--video {str(path)!r}: cannot write {path.suffix or 'a file without extension'} "
                           f"(allowed: {', '.join(allowed)})")
-    if path.is_dir():
-        raise ConfigError(f"--video {str(path)!r}: is a folder; give a file name such as {str(path / 'lap.gif')!r}")
     check_writable_folder(path.parent, f"--video {str(path)!r}")
     return path
 

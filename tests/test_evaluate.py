@@ -96,6 +96,8 @@ def test_video_into_a_file_or_an_env_without_frames_is_refused(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         check_video_path(blocker / "lap.gif")
+    with pytest.raises(ConfigError, match="is a folder; give a file name such as"):
+        check_video_path(tmp_path)
     assert check_video_path(tmp_path / "new" / "lap.webp") == tmp_path / "new" / "lap.webp"
     import gymnasium as gym
 
