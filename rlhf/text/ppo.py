@@ -66,6 +66,7 @@ class TextPPO:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.actor = self._make_actor()
         self.updates, self.global_step = 0, 0
+        self.n_updates = 0  # gradient steps over the whole run (train/n_updates, cumulative as in SB3)
 
     # ------------------------------------------------------------------ acting copy
     def _make_actor(self):
@@ -122,6 +123,8 @@ class TextPPO:
         """One generate -> score -> update cycle; returns (stats in TRL's and SB3's words, the rollout)."""
         ro = self.rollout(self.next_prompts())
         stats = ppo_update(self.policy, self.optimizer, ro.batch, self.settings, self.precision)
+        self.n_updates += int(stats["train/n_updates"])
+        stats["train/n_updates"] = float(self.n_updates)
         mask = ro.batch.mask
         kl_per_response = float(ro.kl.sum(1).mean())
         non_score = -self.kl_coef * kl_per_response
@@ -153,7 +156,8 @@ class TextPPO:
         check_state(self.optimizer, "optimizer state")
         return {"policy": self.policy.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "precision": self.precision.state_dict(),
-                "counters": {"updates": self.updates, "global_step": self.global_step, "kl_coef": self.kl_coef},
+                "counters": {"updates": self.updates, "global_step": self.global_step, "kl_coef": self.kl_coef,
+                             "n_updates": self.n_updates},
                 "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -162,6 +166,7 @@ class TextPPO:
         self.precision.load_state_dict(state["precision"])
         c = state["counters"]
         self.updates, self.global_step, self.kl_coef = c["updates"], c["global_step"], c["kl_coef"]
+        self.n_updates = int(c.get("n_updates", 0))
         if self.kl is not None:
             self.kl.value = self.kl_coef
         torch.set_rng_state(state["rng"]["torch"])

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from cli_helpers import ROOT, rlhf_cmd, scalar_tags
+from cli_helpers import ROOT, rlhf_cmd, scalar_tags, scalars
 
 TINY = ["text.model.n_layer=1", "text.model.n_head=2", "text.model.n_embd=32", "text.sft.steps=40",
         "text.sft.corpus_size=2000", "text.reward_model.pairs=48", "text.reward_model.val_pairs=24",
@@ -67,6 +67,8 @@ def test_resume_continues_ppo_from_its_checkpoint(text_run, tmp_path):
     assert after[-1].name > before[-1].name
     assert (copy / "ppo/snapshots/update_00004.pt").is_file()
     assert not (copy / "ppo/snapshots/update_00005.pt").exists()
+    n_updates = [v for _, v in scalars(copy, "train/n_updates")]  # gradient steps, cumulative across the resume
+    assert n_updates[-1] == 4 * n_updates[0]
 
 
 def test_stage_subset_with_init_from_and_a_reward_callable(text_run, tmp_path):
