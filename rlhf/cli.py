@@ -73,7 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{state}: stages {', '.join(cfg.text_stages)} in {run_dir}", file=sys.stderr)
         return 0
     done = trainer.global_step >= cfg.total_timesteps
-    state = "finished" if done else "stopped; continue with --resume"
+    state = "finished" if done else f"finished ({trainer.stop_reason})" if getattr(trainer, "stop_reason", None) \
+        else "stopped; continue with --resume"
     print(f"{state} at step {trainer.global_step}: ep_rew_mean {stats.get('rollout/ep_rew_mean', float('nan')):.2f}"
           f"  checkpoint in {run_dir / 'checkpoints'}", file=sys.stderr)
     return 0

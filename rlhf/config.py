@@ -528,13 +528,12 @@ def _read_hyperparameters(path: str | Path) -> dict:
         raise ConfigError(f"{where}: not valid JSON{line}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object")
-    out, unused, stops = {}, [], []
+    out, unused = {}, []
     for key, value in data.items():
         if key in DEEPRACER_PPO_KEYS:
             out[key] = value
         elif key in DEEPRACER_STOP_KEYS:
-            _check_stop_condition(key, value, where)
-            stops.append(f"{key} = {value!r}")
+            _check_stop_condition(key, value, where)  # applied by the trainer (rlhf.integrations.deepracer)
         elif key in DEEPRACER_CHECKED:
             allowed = DEEPRACER_CHECKED[key]
             if value not in allowed:
@@ -547,9 +546,6 @@ def _read_hyperparameters(path: str | Path) -> dict:
             raise ConfigError(f"deepracer.hyperparameters: unknown key {key!r} in {str(path)!r} (allowed: {allowed})")
     if unused:
         _warn(f"{where}: not used by PPO here, which explores by sampling its policy: {'; '.join(unused)}")
-    if stops:
-        _warn(f"{where}: {', '.join(stops)} not applied: training runs to total_timesteps (stop it earlier "
-              "with Ctrl-C; it checkpoints)")
     return out
 
 

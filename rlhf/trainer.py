@@ -74,6 +74,8 @@ class Trainer:
         self.global_step, self.updates, self.kl_coef = 0, 0, cfg.ppo.kl_coef
         self.n_updates = 0  # gradient steps over the whole run (train/n_updates, cumulative as in SB3)
         self.last_stats: dict[str, float] = {}
+        self.stop_reason: str | None = None  # set when an env stop rule (term_cond_*) ended the run
+        self._stop_rules: dict[str, float] | None = None
         if found is not None:
             self._load(*found)
             self._pending_resume = skipped_newer(self.run_dir, found[0])
@@ -137,7 +139,12 @@ class Trainer:
         try:
             with StopFlag() as stop:
                 while self.global_step < cfg.total_timesteps and not stop.requested:
-                    stats = self.iteration()
+                    try:
+                        stats = self.iteration()
+                    except KeyboardInterrupt as exc:
+                        if not getattr(exc, "env_step_undone", False):
+                            raise
+                        break  # a signal stopped user code mid-step and the env undid that step: save below
                     if self.updates % cfg.logging.interval == 0:
                         stats["time/fps"] = logger.fps(self.global_step)
                         logger.log(stats, self.global_step)
@@ -146,6 +153,10 @@ class Trainer:
                     if cfg.checkpoint.every and self.global_step >= next_ckpt:
                         self._save_finite()
                         next_ckpt = self._next_checkpoint_step()
+                    if (reason := self._stop_condition()) is not None:
+                        self.stop_reason = reason
+                        logger.console.print(f"stopping: {reason}")
+                        break
                 self._save_finite()
         except NonFiniteError as exc:  # nothing saved: the newest checkpoint on disk is the last good one
             newest = latest_checkpoint(self.run_dir)
@@ -155,6 +166,17 @@ class Trainer:
             logger.close()
             self.close()
         return self.last_stats
+
+    def _stop_condition(self) -> str | None:
+        """A stop rule of the env's own tools (DeepRacer's ``term_cond_*``) that holds now, or None."""
+        if self.hooks is None or not hasattr(self.hooks, "stop_conditions"):
+            return None
+        if self._stop_rules is None:
+            self._stop_rules = self.hooks.stop_conditions(self.cfg.env.kwargs, self.run_dir)
+        if not self._stop_rules:
+            return None
+        ep = self.collector.stats
+        return self.hooks.stop_reason(self._stop_rules, ep.total, list(ep.returns))
 
     def _save_finite(self) -> Path:
         """``save()``, refused when the policy or optimizer holds NaN/inf: a bad checkpoint never rotates

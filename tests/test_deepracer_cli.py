@@ -246,3 +246,62 @@ def test_replay_of_a_malformed_csv_is_one_line(tmp_path, capsys):
     assert main(["deepracer", "replay", str(csv), "--reward", "progress_speed", "--track", "oval"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rlhf: simtrace ") and "missing columns" in err and err.count("\n") == 1
+
+
+def test_console_stop_condition_ends_training_with_a_checkpoint(tmp_path, capsys):
+    from rlhf.checkpoint import latest_checkpoint
+    from rlhf.trainer import Trainer
+
+    data = json.loads((ROOT / "tests" / "data" / "hyperparameters.json").read_text())
+    (tmp_path / "hp.json").write_text(json.dumps({**data, "term_cond_max_episodes": 12, "term_cond_avg_score": 1e6}))
+    cfg = load_config(data={"deepracer": {"hyperparameters": str(tmp_path / "hp.json")},
+                            "env": {"num_envs": 4}, "total_timesteps": 1_000_000, "checkpoint": {"every": 0}})
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.train()
+    assert trainer.stop_reason.startswith("term_cond_max_episodes = 12 reached")
+    assert trainer.collector.stats.total >= 12 and trainer.global_step < 1_000_000
+    assert latest_checkpoint(tmp_path / "run").name == f"step_{trainer.global_step:012d}.pt"
+
+
+HANGING_REWARD = '''
+import os, time
+
+def reward_function(params):
+    if os.path.exists({flag!r}):
+        while True:  # a reward function that never returns
+            time.sleep(0.1)
+    return 1.0
+'''
+
+
+def test_sigterm_during_a_hanging_reward_stops_with_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    import torch
+
+    flag = tmp_path / "hang"
+    (tmp_path / "reward.py").write_text(HANGING_REWARD.format(flag=str(flag)))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(rlhf_cmd("train", str(CONFIGS / "deepracer.yaml"), f"deepracer.reward_function={tmp_path / 'reward.py'}",
+                                     "deepracer.reward_timeout_s=300", "checkpoint.every=512", "env.num_envs=4",
+                                     "--run-dir", str(run_dir)),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list((run_dir / "checkpoints").glob("step_*.pt")) and time.time() < deadline:
+            time.sleep(0.2)
+        assert list((run_dir / "checkpoints").glob("step_*.pt")), "no checkpoint before the hang"
+        flag.touch()
+        time.sleep(2.0)  # the reward function is now stuck
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert time.time() - sent < 10
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped; continue with --resume" in err and "Traceback" not in err
+    newest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    state = torch.load(newest, weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["policy"].values())

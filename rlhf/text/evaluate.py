@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rlhf.build import resolve_device
-from rlhf.checkpoint import latest_checkpoint, load_checkpoint
+from rlhf.checkpoint import latest_checkpoint, latest_valid, load_checkpoint
 from rlhf.config import Config, load_config
 from rlhf.errors import ConfigError
 from rlhf.text.generate import generate
@@ -48,10 +48,10 @@ class TextRun:
         """(policy, reference log-prob fn) with the newest PPO checkpoint's weights (or ``weights``)."""
         policy, reference = build_policy(self.cfg, self.run_dir, self.device)
         if weights is None:
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is None:
+            found = latest_valid(self.run_dir, ("policy",), load=True)  # past unreadable newer ones, with a warning
+            if found is None:
                 raise ConfigError(f"{str(self.run_dir)!r} has no PPO checkpoint yet (run the ppo stage)")
-            weights = load_checkpoint(ckpt)["policy"]
+            weights = found[1]["policy"]
         policy.model.load_state_dict(weights)
         policy.eval()
         return policy, reference

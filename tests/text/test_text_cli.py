@@ -133,3 +133,17 @@ def test_no_user_code_leaves_the_reward_file_unimported(text_run, tmp_path):
     full = evaluate_text_run(text_run, overrides)
     assert marker.exists() and full["reward_function_score"] == 1.5
     assert full["gold_score"] == safe["gold_score"] and full["kl_to_ref"] == safe["kl_to_ref"]
+
+
+def test_eval_falls_back_past_a_truncated_ppo_checkpoint(text_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(text_run, copy)
+    good = json.loads(run("eval", str(copy), "--json").stdout)
+    newest = sorted((copy / "checkpoints").glob("step_*.pt"))[-1]
+    newer = newest.with_name("step_999999999999.pt")
+    newer.write_bytes(newest.read_bytes()[:100])
+    proc = run("eval", str(copy), "--json")
+    assert "skipping step_999999999999.pt" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout) == good
