@@ -67,7 +67,7 @@ def train_and_eval(name: str, overrides: list[str], steps: int, episodes: int) -
     loads = {t: round(acc.Scalars(f"moe/expert_load_{t}")[-1].value, 3) for t in ("min", "max")
              if f"moe/expert_load_{t}" in tags}
     return {"policy": name, "wall_s": wall, "steps_per_s": fps[-1] if fps else float("nan"), "peak_rss_mib": rss / 1024,
-            "lap_completion": result.get("lap_completion"), "mean_return": result.get("mean_return"),
+            "lap_completion": result.get("lap_completion_rate"), "mean_return": result.get("mean_return"),
             "expert_load": loads}
 
 
