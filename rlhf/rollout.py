@@ -168,7 +168,7 @@ class Collector:
         rollout.reset()
         finished = 0
         while (rollout.t < n_steps) if n_steps is not None else (finished < episodes):
-            actions = actor.sample_actions(torch.as_tensor(self.obs, device=self.device), deterministic)
+            actions = actor.sample_actions(self._obs_tensor(), deterministic)
             try:
                 next_obs, rewards, terminated, truncated, infos = self.envs.step(actor.env_actions(actions))
             except ConfigError:
@@ -188,7 +188,13 @@ class Collector:
             rollout.add(obs=self.obs, actions=actions, rewards=train_rewards, terminations=terminated,
                         dones=done, valid=valid)
             self.obs, self.prev_done = next_obs, done
-        return torch.as_tensor(self.obs, device=self.device)
+        return self._obs_tensor()
+
+    def _obs_tensor(self) -> Tensor:
+        """The current observations as the policy takes them: uint8 images as they are, other dtypes (an env
+        with float64 or integer observations) as float32, like the rollout stores them."""
+        obs = torch.as_tensor(self.obs, device=self.device)
+        return obs if obs.dtype in (torch.uint8, torch.float32) else obs.float()
 
     def _refuse(self, obs: np.ndarray, rewards: np.ndarray, step: int) -> None:
         check_env_arrays(f"env {self.env_name!r}: observation", obs, step)

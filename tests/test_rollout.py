@@ -118,3 +118,21 @@ def test_episode_mode_growth_is_bounded(monkeypatch):
     with pytest.raises(ConfigError, match=r"grow past 12 rows \(4 steps x 3 envs\) waiting for "
                                           r"ppo.episodes_between_updates"):
         r.add(**step(4))
+
+
+def test_float64_and_float16_observations_train_and_evaluate(tmp_path):
+    import bad_envs  # noqa: F401  (registers BadEnv-v0)
+    from rlhf.config import load_config
+    from rlhf.evaluate import run_episodes
+    from rlhf.trainer import Trainer
+
+    for dtype in ("float64", "float16"):
+        cfg = load_config(data={
+            "env": {"id": "bad_envs:BadEnv-v0", "num_envs": 2, "kwargs": {"dtype": dtype}},
+            "ppo": {"n_steps": 16, "batch_size": 16, "epochs": 1}, "total_timesteps": 64,
+            "logging": {"progress_bar": False, "tensorboard": False}})
+        trainer = Trainer(cfg, tmp_path / dtype)
+        trainer.train()
+        trainer.close()
+        assert trainer.global_step == 64
+        assert run_episodes(trainer.policy, cfg, 1)["mean_length"] == 10
