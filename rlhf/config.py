@@ -348,7 +348,8 @@ class Config(Section):
     total_timesteps: int = Field(100_000, ge=1, le=2**53)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="0 to 2**31 - 1")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: Optional[int] = Field(1, ge=1, description="CPU threads for torch; 1 is fastest for small nets")
+    torch_threads: Optional[int] = Field(1, ge=1, le=1024,  # far more threads than that fail to start (a crash)
+                                         description="CPU threads for torch; 1 is fastest for small nets")
     text: Optional[TextConfig] = Field(None, description="train the toy RLHF text pipeline instead of a gym env")
     stages: Optional[list[Literal["sft", "reward_model", "ppo"]]] = Field(
         None, description="text runs: which stages to run, in order (default: sft, reward_model, ppo)")

@@ -152,3 +152,10 @@ def test_config_that_is_not_a_regular_file_or_nests_too_deeply(tmp_path):
     deep.write_text("env:\n  kwargs:\n    x: " + "[" * 600 + "]" * 600 + "\n")
     with pytest.raises(ConfigError, match="nests too deeply to be a config"):
         load_config(deep)
+
+
+def test_torch_threads_is_bounded():
+    # a hundred million threads made libgomp fail to start them and the process crash
+    with pytest.raises(ConfigError, match="torch_threads = 100000000: input should be less than or equal to 1024"):
+        load_config(overrides=["torch_threads=100000000"])
+    assert load_config(overrides=["torch_threads=4"]).torch_threads == 4
