@@ -19,7 +19,11 @@ class RunningMeanStd(nn.Module):
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         x = x.reshape(-1, *self.mean.shape).double()
-        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        self.update_from_moments(x.mean(0), x.var(0, unbiased=False), x.shape[0])
+
+    @torch.no_grad()
+    def update_from_moments(self, batch_mean: Tensor, batch_var: Tensor, n: int | float) -> None:
+        """Fold in a batch of ``n`` samples given its mean and (population) variance."""
         delta = batch_mean - self.mean
         total = self.count + n
         self.mean += delta * n / total

@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rlhf import distributed
 from rlhf.build import build_optimizer, build_policy, build_precision, ppo_settings, resolve_device
 from rlhf.checkpoint import (FROZEN_ON_RESUME, latest_checkpoint, latest_valid, refuse_frozen_changes, save_checkpoint,
                              set_aside, skipped_newer, write_config)
@@ -41,7 +43,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.lock = RunDirLock(self.run_dir).acquire()
+        self.lock = RunDirLock(self.run_dir)
+        if distributed.is_main():  # data-parallel: rank 0 alone writes the run directory, and holds it
+            self.lock.acquire()
         weakref.finalize(self, self.lock.release)  # a trainer dropped without train() or close()
         self._pending_resume: list[Path] | None = None  # unusable checkpoints to set aside at the first save
         try:
@@ -54,19 +58,32 @@ class Trainer:
         if not resume and latest_checkpoint(self.run_dir) is not None:
             raise ConfigError(f"run directory {str(self.run_dir)!r} already holds checkpoints: continue it with "
                               f"--resume {self.run_dir}, or choose another --run-dir")
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        if self.world > 1:
+            distributed.refuse_unsupported(cfg)
         found = self._find_resume_checkpoint() if resume else None
-        if cfg.torch_threads:
+        if cfg.torch_threads and self.world == 1:  # ranks run one thread each (rlhf.distributed.init)
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.local_device(resolve_device(cfg.device))
         self.hooks = for_env(cfg.env.id)
         if self.hooks is not None:  # the run's own copies of user files (reward, JSON, track): eval/resume read those
-            cfg = self.cfg = self.hooks.prepare_run(cfg, self.run_dir)
-        self.envs = make_vec_env(cfg.env, run_dir=self.run_dir)
+            cfg = self.cfg = self.hooks.prepare_run(cfg, self.run_dir) if self.rank == 0 else cfg
+            if self.world > 1:  # every rank trains from rank 0's copies
+                env = distributed.broadcast_json({k: getattr(cfg.env, k) for k in ("kwargs", "eval_kwargs")})
+                cfg = self.cfg = cfg.model_copy(update={"env": cfg.env.model_copy(update=env)})
+        # rank 0 alone writes the simtrace
+        quiet = {"simtrace_path": None} if self.rank and cfg.env.kwargs.get("simtrace_path") is not None else None
+        self.envs = make_vec_env(cfg.env, run_dir=self.run_dir, extra_kwargs=quiet)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         self.policy = build_policy(cfg, obs_space, act_space, self.device)
+        if self.world > 1:  # one start for all ranks, then each its own samples and minibatch shuffles
+            distributed.broadcast_module(self.policy)
+            torch.manual_seed(cfg.seed + self.rank)
         self.optimizer = build_optimizer(cfg, self.policy)
         self.precision = build_precision(cfg, self.policy, self.device)
+        if self.world > 1:
+            self.precision.grad_reduce = distributed.GradientMean()
         self.actor = self._make_actor()
         scaler = RewardScaler(self.envs.num_envs, cfg.ppo.discount_factor) if cfg.ppo.normalize_reward else None
         self.collector = Collector(self.envs, self.device, scaler)
@@ -80,8 +97,13 @@ class Trainer:
             self._load(*found)
             self._pending_resume = skipped_newer(self.run_dir, found[0])
         else:
-            self.collector.reset(seed=cfg.seed)
-            write_config(self.cfg, self.run_dir)
+            self.collector.reset(seed=self._env_seed(cfg.seed))
+            if self.rank == 0:
+                write_config(self.cfg, self.run_dir)
+
+    def _env_seed(self, seed: int) -> int:
+        """Each rank's envs their own seeds: rank r's env i starts from ``seed + r * num_envs + i``."""
+        return seed + self.rank * self.envs.num_envs
 
     def _find_resume_checkpoint(self) -> tuple[Path, dict]:
         """Before anything is built: refuse frozen overrides, then read the newest usable checkpoint."""
@@ -125,20 +147,24 @@ class Trainer:
         if self.finished:  # a finished run resumed as is: no empty event file, no duplicate checkpoint
             self.close()
             return self.last_stats
-        logger = Logger(self.run_dir, cfg.logging, cfg.total_timesteps, start_step=self.global_step)
-        if self.updates == 0:
+        main = self.rank == 0  # rank 0 alone writes TensorBoard and the console
+        logging = cfg.logging if main else cfg.logging.model_copy(update={"tensorboard": False, "progress_bar": False})
+        logger = Logger(self.run_dir, logging, cfg.total_timesteps, start_step=self.global_step)
+        if self.updates == 0 and main:
             logger.text("config", "```yaml\n" + (self.run_dir / "config.yaml").read_text() + "\n```")
             logger.hparams(_flat_hparams(cfg), ("rollout/ep_rew_mean", "train/value_loss"))
-        logger.console.print(f"learner: {self.describe_paths()}")
+        if main:
+            workers = f", {self.world} data-parallel ranks" if self.world > 1 else ""
+            logger.console.print(f"learner: {self.describe_paths()}{workers}")
         next_ckpt = self._next_checkpoint_step()
         evaluator = None
-        if cfg.eval.every:
+        if cfg.eval.every and main:
             from rlhf.eval_during_training import PeriodicEvaluator
 
             evaluator = PeriodicEvaluator(cfg, self.run_dir, self.global_step)
         try:
             with StopFlag() as stop:
-                while self.global_step < cfg.total_timesteps and not stop.requested:
+                while self.global_step < cfg.total_timesteps and not self._stop_requested(stop):
                     try:
                         stats = self.iteration()
                     except KeyboardInterrupt as exc:
@@ -155,7 +181,8 @@ class Trainer:
                         next_ckpt = self._next_checkpoint_step()
                     if (reason := self._stop_condition()) is not None:
                         self.stop_reason = reason
-                        logger.console.print(f"stopping: {reason}")
+                        if main:
+                            logger.console.print(f"stopping: {reason}")
                         break
                 self._save_finite()
         except NonFiniteError as exc:  # nothing saved: the newest checkpoint on disk is the last good one
@@ -167,6 +194,10 @@ class Trainer:
             self.close()
         return self.last_stats
 
+    def _stop_requested(self, stop: StopFlag) -> bool:
+        """A signal asked to stop; data-parallel ranks leave together when any rank got one."""
+        return stop.requested if self.world == 1 else distributed.any_rank(stop.requested)
+
     def _stop_condition(self) -> str | None:
         """A stop rule of the env's own tools (DeepRacer's ``term_cond_*``) that holds now, or None."""
         if self.hooks is None or not hasattr(self.hooks, "stop_conditions"):
@@ -176,14 +207,15 @@ class Trainer:
         if not self._stop_rules:
             return None
         ep = self.collector.stats
-        return self.hooks.stop_reason(self._stop_rules, ep.total, list(ep.returns))
+        reason = self.hooks.stop_reason(self._stop_rules, ep.total, list(ep.returns))
+        return reason if self.world == 1 else distributed.broadcast_json(reason)  # rank 0's episodes decide
 
     def _save_finite(self) -> Path:
         """``save()``, refused when the policy or optimizer holds NaN/inf: a bad checkpoint never rotates
         good ones out."""
         check_state(self.policy, "policy parameter")
         check_state(self.optimizer, "optimizer state")
-        return self.save()
+        return self.save() if self.rank == 0 else None  # every rank holds the same policy: rank 0 writes it
 
     def describe_paths(self) -> str:
         """Which fast paths the learner takes, and why not where it does not (never a silent change)."""
@@ -209,6 +241,8 @@ class Trainer:
         stats["time/collect_seconds"] = t_collect
         stats["time/update_seconds"] = time.perf_counter() - t0 - t_collect
         stats.update(self.metrics())
+        if self.world > 1:
+            stats = distributed.reduce_stats(stats)
         self.last_stats = stats
         return stats
 
@@ -221,7 +255,7 @@ class Trainer:
         mode = self.precision.autocast() if self.actor is self.policy else contextlib.nullcontext()
         with mode:
             last_obs = self.collector.collect(self.actor, self.rollout, n_steps, ppo.episodes_between_updates)
-        self.global_step += self.rollout.t * self.envs.num_envs
+        self.global_step += self.rollout.t * self.envs.num_envs * self.world  # every rank collected as many
         return last_obs
 
     @torch.no_grad()  # not inference_mode: the batch it returns is trained on as is
@@ -250,14 +284,19 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.policy.train()
-        stats = ppo_update(self.policy, self.optimizer, batch, ppo_settings(ppo, progress_remaining, self.kl_coef),
-                           self.precision)
+        settings = ppo_settings(ppo, progress_remaining, self.kl_coef)
+        if self.world > 1:  # advantage statistics and the target-KL stop over every rank's minibatch
+            settings = replace(settings, whiten=distributed.whiten, mean=distributed.mean)
+        stats = ppo_update(self.policy, self.optimizer, batch, settings, self.precision)
         if ppo.policy_loss == "kl_penalty":
             stats["train/kl_coef"] = self.kl_coef
             self.kl_coef = adapt_kl_coef(self.kl_coef, stats["train/approx_kl"], ppo.kl_target)
         if self.policy.obs_rms is not None:
             # updated after the PPO step, so log-probs at collection and at update used the same statistics
-            self.policy.obs_rms.update(batch.obs)
+            if self.world == 1:
+                self.policy.obs_rms.update(batch.obs)
+            else:  # every rank folds in the statistics of all ranks' observations: the buffers stay identical
+                distributed.update_running_stats(self.policy.obs_rms, batch.obs)
         self._refresh_actor()
         self.updates += 1
         self.n_updates += int(stats["train/n_updates"])
@@ -315,11 +354,16 @@ class Trainer:
         self.n_updates = int(counters.get("n_updates", 0))
         torch.set_rng_state(state["rng"]["torch"])
         self._refresh_actor()
-        if state.get("env_state") is not None:
+        if state.get("env_state") is not None and self.rank == 0:
             self.collector.load_state_dict(state["collector"])
             set_env_state(self.envs, state["env_state"])
         else:  # the env cannot be restored: start fresh episodes, seeded by where we are
-            self.collector.reset(seed=self.cfg.seed + self.updates)
+            # (the checkpoint holds rank 0's envs and RNG; other ranks start fresh from their own seeds)
+            if self.rank:
+                torch.manual_seed(self.cfg.seed + self.rank + self.updates * self.world)
+                state = {**state, "collector": {**state["collector"], "returns": [], "lengths": [], "infos": [],
+                                                "total": 0}}
+            self.collector.reset(seed=self._env_seed(self.cfg.seed + self.updates))
             self.collector.load_state_dict({**state["collector"], "obs": torch.as_tensor(self.collector.obs),
                                             "prev_done": torch.zeros(self.envs.num_envs, dtype=torch.bool),
                                             "ep_return": torch.zeros(self.envs.num_envs, dtype=torch.float64),

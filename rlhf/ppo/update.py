@@ -8,7 +8,7 @@ policy's forward, ``precision.step`` and the optimizer's ``step``), never in a b
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -29,6 +29,10 @@ from rlhf.precision import Precision
 Obs = Tensor | dict[str, Tensor]
 
 
+def _local(x: Tensor) -> Tensor:
+    return x
+
+
 @dataclass(frozen=True)
 class PPOSettings:
     """The knobs one update reads. Trainers fill it from their config (schedules already applied)."""
@@ -46,6 +50,10 @@ class PPOSettings:
     huber_delta: float = 1.0
     policy_loss: str = "clip"  # "clip" | "kl_penalty"
     kl_coef: float = 1.0  # beta of the kl_penalty policy loss
+    # Data-parallel training (rlhf.distributed) swaps in cross-worker versions: advantage normalisation with
+    # every worker's statistics, and the mean of a statistic over the workers (the target-KL stop decision).
+    whiten: Callable[[Tensor, Tensor | None], Tensor] = masked_whiten
+    mean: Callable[[Tensor], Tensor] = _local
 
 
 @dataclass
@@ -154,11 +162,11 @@ def ppo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, b: Batch, s:
     early_stop = False
     for _epoch in range(s.epochs):
         for mb in minibatches(b, s.batch_size):
-            mb_adv = masked_whiten(mb.advantages, mb.mask) if s.normalize_advantage and len(mb) > 1 else mb.advantages
+            mb_adv = s.whiten(mb.advantages, mb.mask) if s.normalize_advantage and len(mb) > 1 else mb.advantages
             with precision.autocast():
                 logp, entropy, values = policy.evaluate_actions(mb.obs, mb.actions)
             loss, stats = ppo_loss(logp, entropy, values, mb, mb_adv, s, auxiliary_loss(policy))
-            if s.target_kl is not None and approx_kl(logp.detach(), mb.logp, mb.mask) > 1.5 * s.target_kl:
+            if s.target_kl is not None and s.mean(approx_kl(logp.detach(), mb.logp, mb.mask)) > 1.5 * s.target_kl:
                 early_stop = True  # SB3's rule: no step on a minibatch that already moved too far
                 break
             stats["grad_norm"] = precision.step(loss, optimizer, max_grad_norm=s.max_grad_norm)["grad_norm"]

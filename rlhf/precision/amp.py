@@ -83,6 +83,9 @@ class Precision:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler) if use_scaler else None
         self.skipped_steps = 0
         self.skip_nonfinite, self.skipped_updates = skip_nonfinite, 0
+        # data-parallel training sets a callable that averages the gradients over the ranks before the clip
+        # (``rlhf.distributed.GradientMean``); None in one process
+        self.grad_reduce = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context for forward passes; a no-op in fp32."""
@@ -103,12 +106,16 @@ class Precision:
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
+            if self.grad_reduce is not None:
+                self.grad_reduce(params)
             grad_norm, finite = _clip(params, max_grad_norm)
             if not finite:  # the norm is already a float here: the check costs nothing on the happy path
                 return self._nonfinite(loss, grad_norm, optimizer)
             optimizer.step()
             return {"grad_norm": grad_norm, "skipped": 0.0}
         self.scaler.scale(loss).backward()
+        if self.grad_reduce is not None:  # same scale on every rank: the scaled gradients average as they are
+            self.grad_reduce(params)
         self.scaler.unscale_(optimizer)
         grad_norm, _ = _clip(params, max_grad_norm)
         scale_before = self.scaler.get_scale()
