@@ -23,6 +23,10 @@ def _trainer(cfg):
         from rlhf.text.pipeline import TextTrainer
 
         return TextTrainer
+    if cfg.backend == "sb3":  # Stable-Baselines3's PPO on the same config (rlhf.backends.sb3)
+        from rlhf.backends.sb3 import SB3Trainer
+
+        return SB3Trainer
     from rlhf.trainer import Trainer
 
     return Trainer
@@ -220,6 +224,10 @@ def cmd_model_size(args: argparse.Namespace) -> int:
     cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
     if cfg.text is not None:
         return _text_model_size(cfg)
+    if cfg.backend == "sb3":
+        from rlhf.backends.sb3 import print_model_size
+
+        return print_model_size(cfg)
     envs = make_vec_env(cfg.env, num_envs=1)
     policy = build_policy(cfg, envs.single_observation_space, envs.single_action_space, "cpu")
     envs.close()

@@ -350,6 +350,8 @@ class Config(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: Optional[int] = Field(1, ge=1, le=1024,  # far more threads than that fail to start (a crash)
                                          description="CPU threads for torch; 1 is fastest for small nets")
+    backend: Literal["rlhf", "sb3"] = Field(
+        "rlhf", description="gym runs: train with our PPO (rlhf) or Stable-Baselines3's (sb3, rlhf.backends.sb3)")
     text: Optional[TextConfig] = Field(None, description="train the toy RLHF text pipeline instead of a gym env")
     stages: Optional[list[Literal["sft", "reward_model", "ppo"]]] = Field(
         None, description="text runs: which stages to run, in order (default: sft, reward_model, ppo)")
@@ -373,6 +375,12 @@ class Config(Section):
         if self.eval.every and self.text is not None:
             raise ValueError(f"eval.every = {self.eval.every}: evaluation during training applies to gym runs; "
                              "text runs are evaluated with rlhf eval RUN_DIR (set eval.every=0)")
+        return self
+
+    @model_validator(mode="after")
+    def _backend_gym_only(self) -> "Config":
+        if self.backend == "sb3" and self.text is not None:
+            raise ValueError("backend = 'sb3': Stable-Baselines3 trains gym envs; text runs use backend=rlhf")
         return self
 
     @property

@@ -26,7 +26,12 @@ from rlhf.vec_env import make_vec_env
 
 def locate(target: str | Path) -> tuple[Path, Path]:
     """(run_dir, checkpoint) from a run directory (its newest usable checkpoint: unreadable newer ones are
-    skipped with a warning) or a checkpoint file inside one."""
+    skipped with a warning) or a checkpoint file inside one; Stable-Baselines3 runs give their ``.zip``."""
+    from rlhf.backends.sb3_checkpoints import locate_sb3
+
+    found = locate_sb3(target)
+    if found is not None:
+        return found
     target = Path(target)
     if target.is_file():
         problem = checkpoint_problem(target, ("policy",))
@@ -68,6 +73,10 @@ def load_policy(target: str | Path, overrides: list[str] | None = None, user_cod
     device = resolve_device(cfg.device)
     # spaces only: the run's own files ({run_dir}/user/...) are read, its output files are not opened
     no_outputs = {k: None for k in OUTPUT_KWARGS if k in cfg.env.kwargs or k in cfg.env.eval_kwargs}
+    if ckpt.suffix == ".zip":  # backend: sb3
+        from rlhf.backends.sb3 import load_actor
+
+        return cfg, load_actor(cfg, run_dir, ckpt, {**cfg.env.eval_kwargs, **no_outputs}, device), run_dir
     envs = make_vec_env(cfg.env, num_envs=1, extra_kwargs={**cfg.env.eval_kwargs, **no_outputs}, run_dir=run_dir)
     policy = build_policy(cfg, envs.single_observation_space, envs.single_action_space, device)
     envs.close()
