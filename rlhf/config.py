@@ -518,6 +518,11 @@ def apply_deepracer_files(raw: dict) -> dict:
         for key, value in _read_hyperparameters(files["hyperparameters"]).items():
             if _canonical(key) not in explicit:
                 ppo[key] = value
+                continue
+            given = next(v for k, v in ppo.items() if _canonical(k) == _canonical(key))
+            if given != value:
+                _warn(f"deepracer.hyperparameters {key} = {value!r} is not used: the config sets "
+                      f"ppo.{_canonical(key)} = {given!r}, which wins")
         kwargs["hyperparameters"] = str(files["hyperparameters"])
     return raw
 
@@ -540,6 +545,8 @@ def _read_hyperparameters(path: str | Path) -> dict:
     out, unused = {}, []
     for key, value in data.items():
         if key in DEEPRACER_PPO_KEYS:
+            if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN, Infinity, 1e400
+                raise ConfigError(f"{where}: {key} = {value}: must be a finite number")
             out[key] = value
         elif key in DEEPRACER_STOP_KEYS:
             _check_stop_condition(key, value, where)  # applied by the trainer (rlhf.integrations.deepracer)
@@ -707,12 +714,20 @@ def validate(raw: dict) -> Config:
         raise ConfigError(format_validation_error(exc)) from None
 
 
+_UNION_TAGS = ("float", "str", "int", "bool", "none")
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """One line per problem, each naming the key, the value given and what is allowed."""
-    lines = []
+    lines, seen = [], set()
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
+        if len(loc) > 1 and (loc[-1] in _UNION_TAGS or loc[-1].startswith(("function-", "list[", "dict["))):
+            loc = loc[:-1]  # one member of a union (e.g. learning_rate: float | str): report the key once
         key = ".".join(loc)
+        if key and key in seen:
+            continue
+        seen.add(key)
         if err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_did_you_mean(loc)}")
             continue

@@ -159,3 +159,28 @@ def test_torch_threads_is_bounded():
     with pytest.raises(ConfigError, match="torch_threads = 100000000: input should be less than or equal to 1024"):
         load_config(overrides=["torch_threads=100000000"])
     assert load_config(overrides=["torch_threads=4"]).torch_threads == 4
+
+
+def test_hyperparameters_file_nonfinite_refused_and_overridden_keys_warned(tmp_path, capsys):
+    hp = tmp_path / "hyperparameters.json"
+    for text, words in (('{"lr": NaN}', "lr = nan: must be a finite number"),
+                        ('{"beta_entropy": Infinity}', "beta_entropy = inf: must be a finite number"),
+                        ('{"lr": 1e400}', "lr = inf: must be a finite number")):
+        hp.write_text(text)
+        for data in ({"deepracer": {"hyperparameters": str(hp)}},  # the file's value is used ...
+                     {"deepracer": {"hyperparameters": str(hp)}, "ppo": {"lr": 3e-4, "beta_entropy": 0.01}}):  # ... or not
+            with pytest.raises(ConfigError, match=f"hyperparameters.json'.*{words}"):
+                load_config(data=data)
+    hp.write_text('{"batch_size": 64, "lr": 0.0003}')
+    cfg = load_config(data={"deepracer": {"hyperparameters": str(hp)}, "ppo": {"batch_size": 128, "lr": 0.0003}})
+    assert cfg.ppo.batch_size == 128
+    err = capsys.readouterr().err
+    assert "deepracer.hyperparameters batch_size = 64 is not used: the config sets ppo.batch_size = 128" in err
+    assert "lr" not in err  # the same value in both: nothing to say
+
+
+def test_union_typed_keys_are_reported_once():
+    # learning_rate is a number or 'lin_<number>': a YAML .inf is one problem, not one per accepted type
+    with pytest.raises(ConfigError) as err:
+        load_config(data={"ppo": {"learning_rate": float("inf")}})
+    assert str(err.value) == "config error: ppo.learning_rate = inf: input should be a finite number"
