@@ -26,14 +26,16 @@ UNREADABLE_SUFFIX = ".unreadable"
 # streams were made for these values. Everything else (total_timesteps, learning rate, logging, ...) may.
 FROZEN_ON_RESUME = (
     "seed",                                    # the run's random streams (and the text task's vocabulary)
+    "backend",                                 # which engine wrote the checkpoints
     "env.id", "env.num_envs", "env.vectorization",  # the saved env and collector state
     "policy.hidden_sizes", "policy.activation", "policy.shared", "policy.normalize_obs", "policy.cnn_features",
+    "policy.moe",                              # the network's layers
     "ppo.optimizer", "ppo.normalize_reward",   # optimizer state layout, reward-scaler state
     "precision.train", "precision.qat",        # loss-scaler state, quantization-aware modules
 )
 FROZEN_ON_RESUME_TEXT = (
     "seed", "text.model.n_layer", "text.model.n_head", "text.model.n_embd", "text.model.block_size",
-    "text.advantage", "text.lora", "ppo.optimizer", "precision.train", "precision.qat",
+    "text.model.moe", "text.advantage", "text.lora", "ppo.optimizer", "precision.train", "precision.qat",
 )
 
 

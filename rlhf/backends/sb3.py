@@ -49,7 +49,7 @@ from rlhf.vec_env import _ensure_registered, fill_run_dir
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 OUTPUT_KWARGS = ("simtrace_path",)  # env kwargs naming a file each env writes: one file per env
-FROZEN_ON_RESUME_SB3 = ("backend", *FROZEN_ON_RESUME)
+FROZEN_ON_RESUME_SB3 = FROZEN_ON_RESUME  # "backend" included: an rlhf run cannot continue in SB3
 
 
 # ----------------------------------------------------------------------------- what SB3 can and cannot express
