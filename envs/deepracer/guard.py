@@ -15,6 +15,7 @@ Off the main thread signals cannot be installed: calls run unguarded there (no t
 """
 from __future__ import annotations
 
+import numbers
 import os
 import signal
 import threading
@@ -59,6 +60,14 @@ def describe(exc: BaseException) -> str:
     return f"raised {type(exc).__name__}: {text}" if text else f"raised {type(exc).__name__}"
 
 
+def check_timeout(timeout_s: Any) -> float | None:
+    """``timeout_s`` if it is None or a finite number of seconds above 0, else a ValueError naming it."""
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real)
+                                  or not 0 < timeout_s < float("inf")):
+        raise ValueError(f"reward_timeout_s={timeout_s!r}: must be a positive number of seconds or None")
+    return timeout_s
+
+
 class Guard:
     """Runs user callables with a time limit and signal handling (see the module docstring).
 
@@ -67,9 +76,7 @@ class Guard:
     """
 
     def __init__(self, timeout_s: float | None = DEFAULT_TIMEOUT_S):
-        if timeout_s is not None and not (timeout_s > 0 and timeout_s < float("inf")):
-            raise ValueError(f"reward_timeout_s={timeout_s!r}: must be a positive number of seconds or None")
-        self.timeout_s = timeout_s
+        self.timeout_s = check_timeout(timeout_s)
         self._active = False
         self._previous: dict[int, Any] = {}
         self._signalled: int | None = None

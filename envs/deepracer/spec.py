@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .actions import DEFAULT_SPEED_RANGE, DEFAULT_STEERING_RANGE
 from .builtin_tracks import DEFAULT_TRACK
-from .guard import DEFAULT_TIMEOUT_S
+from .guard import DEFAULT_TIMEOUT_S, check_timeout
 from .rewards import RewardSpec
 from .track_registry import TrackLike
 
@@ -70,3 +70,6 @@ class RaceSpec:
     reward_timeout_s: float | None = DEFAULT_TIMEOUT_S
     user_code: bool = True
     hyperparameters: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        check_timeout(self.reward_timeout_s)  # a built-in reward never meets the Guard that checks it too

@@ -36,3 +36,11 @@ def test_both_envs_hand_the_same_options_down():
     with pytest.raises(TypeError, match="trak"):
         DeepRacerEnv(trak="oval")
 
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, 0, "5", True])
+def test_reward_timeout_is_checked_with_a_builtin_reward_too(value):
+    with pytest.raises(ValueError, match="reward_timeout_s=.*: must be a positive number of seconds or None"):
+        RaceSpec(reward_function="progress_speed", reward_timeout_s=value)
+    assert RaceSpec(reward_timeout_s=2.5).reward_timeout_s == 2.5
+    assert RaceSpec(reward_timeout_s=None).reward_timeout_s is None
