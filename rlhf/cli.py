@@ -11,10 +11,25 @@ from rlhf.errors import ConfigError
 
 
 def _default_run_dir(config_path: str) -> Path:
-    """``runs/<config>-<time>``, created now so that two runs started together never share it."""
+    """``runs/<config>-<time>``, created now so that two runs started together never share it (data-parallel:
+    rank 0 creates it and every rank takes its name)."""
+    from rlhf import distributed
     from rlhf.run_dir import unique_run_dir
 
-    return unique_run_dir("runs", Path(config_path).stem)
+    if distributed.world_size() == 1:
+        return unique_run_dir("runs", Path(config_path).stem)
+    return Path(distributed.broadcast_json(str(unique_run_dir("runs", Path(config_path).stem))
+                                           if distributed.is_main() else None))
+
+
+def _init_distributed(cfg) -> bool:
+    """Under torchrun (``WORLD_SIZE`` > 1) join the process group; True on the rank that prints (rank 0)."""
+    from rlhf import distributed
+
+    if distributed.requested():
+        distributed.refuse_unsupported(cfg)
+    distributed.init(cfg.device)
+    return distributed.is_main()
 
 
 def _trainer(cfg):
@@ -51,18 +66,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                               f"not {args.config!r}")
         overrides = ([args.config] if args.config else []) + args.overrides
         cfg = load_config(run_dir / "config.yaml", overrides)
+        main = _init_distributed(cfg)
         trainer = _trainer(cfg)(cfg, run_dir, resume=True)
         if trainer.finished:  # exit 0: resuming a finished run is a no-op, so a requeued job may repeat it
             trainer.close()
             key, value = ("text.updates", cfg.text.updates) if cfg.text is not None else \
                 ("total_timesteps", cfg.total_timesteps)
-            print(f"rlhf: {run_dir} already finished ({key} = {value}): nothing to train; resume with a larger "
-                  f"{key}=... to train on", file=sys.stderr)
+            if main:
+                print(f"rlhf: {run_dir} already finished ({key} = {value}): nothing to train; resume with a larger "
+                      f"{key}=... to train on", file=sys.stderr)
             return 0
     else:
         if not args.config:
             raise ConfigError("rlhf train needs a config file, e.g. rlhf train configs/cartpole.yaml")
         cfg = load_config(args.config, args.overrides)
+        main = _init_distributed(cfg)
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config)
         try:
             trainer = _trainer(cfg)(cfg, run_dir)
@@ -70,8 +88,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not args.run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
                 run_dir.rmdir()  # the directory made for this run stays only if the run started
             raise
-    print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
+    if main:
+        print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
     stats = trainer.train()
+    if not main:
+        return 0
     if cfg.text is not None:
         state = "finished" if not trainer.stop.requested else "stopped; continue with --resume"
         print(f"{state}: stages {', '.join(cfg.text_stages)} in {run_dir}", file=sys.stderr)

@@ -7,7 +7,7 @@ envs from its own seeds and computes gradients on its own rollout; the pieces he
 * ``GradientMean``: installed as ``Precision.grad_reduce``, it averages the gradients over the ranks after
   ``backward`` and before the norm clip (one ``all_reduce`` on ``FlatAdam``'s flat gradient), so every rank
   clips the same gradient and takes the same optimizer step: the parameters stay identical.
-* ``whiten`` / ``mean``: given to ``ppo_update`` through ``PPOSettings``; advantage normalisation uses
+* ``Whiten`` / ``mean``: given to ``ppo_update`` through ``PPOSettings``; advantage normalisation uses
   the statistics of every rank's minibatch, and the target-KL early stop reads the mean KL, so all ranks
   stop at the same step.
 * ``reduce_stats``: the logged statistics, averaged (counts summed) over the ranks.
@@ -40,6 +40,9 @@ def refuse_unsupported(cfg) -> None:
     if cfg.text is not None:
         raise ConfigError("data-parallel training (torchrun, WORLD_SIZE > 1) covers gym configs; the text pipeline "
                           "runs in one process: start it with rlhf train")
+    if getattr(cfg, "backend", "rlhf") != "rlhf":
+        raise ConfigError(f"backend = {cfg.backend!r}: data-parallel training (torchrun) runs the rlhf backend; "
+                          "start other backends with rlhf train")
     if cfg.ppo.episodes_between_updates is not None:
         raise ConfigError("ppo.episodes_between_updates: data-parallel runs need rollouts of one size on every rank; "
                           "use ppo.n_steps")
@@ -164,23 +167,46 @@ class GradientMean:
             offset += n
 
 
+class Whiten:
+    """``PPOSettings.whiten`` across ranks: ``masked_whiten`` with the mean and (Bessel-corrected) std of the
+    masked elements of every rank's ``x``, from one ``all_reduce`` of (count, sum, sum of squares) in float64.
+
+    When an epoch is one minibatch, ``ppo_update`` whitens the same tensor every epoch: its statistics are
+    kept from the first epoch (same tensor, mask and version), saving an ``all_reduce`` per epoch.
+    """
+
+    def __init__(self) -> None:
+        self._x = self._mask = self._versions = None
+        self._stats: tuple[float, float] = (0.0, 1.0)
+
+    def __call__(self, x: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+        versions = (x._version, None if mask is None else mask._version)
+        if x is not self._x or mask is not self._mask or versions != self._versions:
+            self._stats = self._reduce(x, mask)
+            self._x, self._mask, self._versions = x, mask, versions
+        mean, std = self._stats
+        return (x - mean) / (std + eps)
+
+    @staticmethod
+    def _reduce(x: Tensor, mask: Tensor | None) -> tuple[float, float]:
+        xd = x.detach().double()
+        if mask is not None:
+            keep = mask.bool()
+            xd = torch.where(keep, xd, 0.0)
+            n = keep.sum().double()
+        else:
+            n = torch.tensor(float(xd.numel()), dtype=torch.float64, device=x.device)
+        total = torch.stack([n, xd.sum(), (xd * xd).sum()]).to(_coll_device())
+        dist.all_reduce(total)
+        n, s, ss = total.tolist()
+        mean = s / max(n, 1.0)
+        return mean, math.sqrt(max(ss - n * mean * mean, 0.0) / max(n - 1.0, 1.0))
+
+
 def whiten(x: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
-    """``masked_whiten`` with the mean and (Bessel-corrected) std of the masked elements of every rank's
-    ``x``: one ``all_reduce`` of (count, sum, sum of squares), in float64."""
-    xd = x.detach().double()
-    if mask is None:
-        n, s, ss = float(xd.numel()), xd.sum(), (xd * xd).sum()
-        local = torch.stack([torch.tensor(n, dtype=torch.float64, device=x.device), s, ss])
-    else:
-        keep = mask.bool()
-        xm = torch.where(keep, xd, 0.0)
-        local = torch.stack([keep.sum().double(), xm.sum(), (xm * xm).sum()])
-    total = local.to(_coll_device())
-    dist.all_reduce(total)
-    n, s, ss = total.tolist()
-    mean = s / max(n, 1.0)
-    var = max(ss - n * mean * mean, 0.0) / max(n - 1.0, 1.0)
-    return (x - mean) / (math.sqrt(var) + eps)
+    """One cross-rank whitening without the cache (see ``Whiten``)."""
+    mean, std = Whiten._reduce(x, mask)
+    return (x - mean) / (std + eps)
 
 
 def mean(x: Tensor) -> Tensor:
