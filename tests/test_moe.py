@@ -177,3 +177,41 @@ def test_ppo_update_trains_the_router_through_the_aux_loss():
     # 4 MoE layers (2 per trunk), each 0.01 * a balance loss of at least 1
     assert stats["train/aux_loss"] >= 4 * 0.01 * 0.99
     assert not torch.equal(before, router)
+
+
+def _moe_gpt(**changes):
+    from rlhf.text.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                         moe=MoESettings(experts=4, top_k=1), **changes))
+
+
+def test_gpt_moe_ffn_round_trips_and_its_kv_cache_matches_a_full_forward():
+    from dataclasses import asdict
+
+    from rlhf.text.model import GPT, GPTConfig
+
+    gpt = _moe_gpt(value_head=True).eval()
+    assert len(gpt.moe_layers) == 2 and all(len(m.experts) == 4 for m in gpt.moe_layers)
+    idx = torch.randint(0, 20, (3, 10))
+    full = gpt(idx).logits
+    assert gpt.auxiliary_loss() is not None
+    first = gpt(idx[:, :6], use_cache=True)
+    step = gpt(idx[:, 6:], past_kv=first.past_kv, use_cache=True)
+    torch.testing.assert_close(step.logits, full[:, 6:])
+    again = GPT(GPTConfig(**asdict(gpt.config)))  # as a checkpoint's config is read back
+    again.load_state_dict(gpt.state_dict())
+    torch.testing.assert_close(again.eval()(idx).logits, full)
+    child = GPT.from_trunk(gpt, reward_head=True)
+    assert child.config.moe == gpt.config.moe and len(child.moe_layers) == 2
+
+
+def test_model_size_shows_total_and_active_parameters(capsys):
+    from rlhf.cli import main
+
+    assert main(["model-size", "configs/deepracer_moe.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "Mixture of Experts: 4 layers, top 2 of 4 experts" in out and "active per observation" in out
+    assert main(["model-size", "configs/text_rlhf_moe.yaml"]) == 0
+    assert "top 1 of 4 experts" in capsys.readouterr().out
