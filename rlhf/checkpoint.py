@@ -118,7 +118,28 @@ def _read(path: Path, required: tuple[str, ...], mmap: bool) -> tuple[dict | Non
     missing = [k for k in required if k not in state]
     if missing:
         return None, f"lacks {', '.join(missing)}"
+    weights = state.get("policy")
+    if isinstance(weights, dict):  # a checkpoint written here never holds NaN/inf: one that does was altered
+        bad = next((k for k, t in weights.items() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                    and not torch.isfinite(t).all()), None)
+        if bad is not None:
+            return None, f"holds NaN/inf in policy weight {bad!r}"
     return state, None
+
+
+def load_weights(module: torch.nn.Module, weights: dict, path: str | Path) -> None:
+    """``module.load_state_dict(weights)``; weights of another architecture raise ConfigError in one line."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(t.shape)}" for k, t in own.items()
+              if isinstance(weights.get(k), torch.Tensor) and weights[k].shape != t.shape]
+    if missing or unexpected or shapes:
+        what = [f"{len(v)} {name} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                for name, v in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
+        raise ConfigError(f"checkpoint {str(path)!r} does not fit the policy its run's config.yaml describes: "
+                          f"weights {'; '.join(what)}")
+    module.load_state_dict(weights)
 
 
 def latest_valid(run_dir: str | Path, required: Iterable[str] = ("policy",), load: bool = False,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rlhf.build import build_policy, resolve_device
-from rlhf.checkpoint import checkpoint_problem, latest_valid, load_checkpoint
+from rlhf.checkpoint import checkpoint_problem, latest_valid, load_checkpoint, load_weights
 from rlhf.config import Config, load_config
 from rlhf.errors import ConfigError
 from rlhf.integrations import for_env
@@ -80,7 +80,7 @@ def load_policy(target: str | Path, overrides: list[str] | None = None, user_cod
     envs = make_vec_env(cfg.env, num_envs=1, extra_kwargs={**cfg.env.eval_kwargs, **no_outputs}, run_dir=run_dir)
     policy = build_policy(cfg, envs.single_observation_space, envs.single_action_space, device)
     envs.close()
-    policy.load_state_dict(load_checkpoint(ckpt)["policy"])
+    load_weights(policy, load_checkpoint(ckpt)["policy"], ckpt)
     policy.eval()
     return cfg, deployed(policy, cfg), run_dir
 

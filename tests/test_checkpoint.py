@@ -36,6 +36,8 @@ def spoil(path, kind: str) -> None:
         torch.save([1, 2, 3], path)
     elif kind == "missing keys":
         torch.save({"counters": {}}, path)
+    elif kind == "nan weights":
+        torch.save({"policy": {"w": torch.tensor([1.0, float("nan"), 2.0])}, "counters": {"global_step": 200}}, path)
 
 
 def test_saved_files_get_the_mode_of_other_run_files(tmp_path):
@@ -48,7 +50,8 @@ def test_saved_files_get_the_mode_of_other_run_files(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["b.pt"]  # no temporary file left
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "random", "directory", "not a dict", "missing keys"])
+@pytest.mark.parametrize("kind", ["truncated", "empty", "random", "directory", "not a dict", "missing keys",
+                                  "nan weights"])
 def test_newest_unusable_checkpoint_falls_back_with_one_warning(tmp_path, kind):
     older, newest = two_checkpoints(tmp_path)
     spoil(newest, kind)
@@ -135,3 +138,31 @@ def test_a_refused_text_resume_changes_nothing(tmp_path):
     with pytest.raises(ConfigError, match="text.model.n_layer cannot change on a resumed run"):
         TextTrainer(resumed, run, resume=True)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_weights_of_another_architecture_are_one_line_naming_the_file(tmp_path):
+    from rlhf.checkpoint import load_weights
+
+    module = torch.nn.Linear(3, 2)
+    load_weights(module, {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, tmp_path / "a.pt")
+    assert torch.equal(module.weight, torch.ones(2, 3))
+    for weights, words in (({"x": torch.zeros(3)}, "weights 2 missing (weight, bias); 1 unexpected (x)"),
+                           ({"weight": torch.ones(4, 3), "bias": torch.zeros(2)},
+                            "1 of another shape (weight (4, 3) vs (2, 3))")):
+        with pytest.raises(ConfigError) as err:
+            load_weights(module, weights, tmp_path / "a.pt")
+        assert "a.pt' does not fit the policy" in str(err.value) and words in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_eval_of_a_checkpoint_of_another_policy_is_one_line(tmp_path):
+    from rlhf.evaluate import load_policy
+    from rlhf.trainer import Trainer
+
+    cfg = load_config(data={"env": {"id": "CartPole-v1", "num_envs": 1}, "ppo": {"n_steps": 16, "batch_size": 16,
+                      "epochs": 1}, "total_timesteps": 16, "logging": {"progress_bar": False, "tensorboard": False}})
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.train()
+    trainer.close()
+    with pytest.raises(ConfigError, match="does not fit the policy its run's config.yaml describes"):
+        load_policy(tmp_path / "run", ["policy.hidden_sizes=[8]"])
