@@ -20,14 +20,12 @@ def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminations: Tens
     none. ``dones[t]`` (terminated or truncated) stops the advantage recursion from crossing into the
     next episode.
     """
-    not_term = 1.0 - terminations.float()
-    not_done = 1.0 - dones.float()
-    deltas = rewards + gamma * next_values * not_term - values
-    advantages = torch.empty_like(deltas)
-    last = torch.zeros_like(deltas[0])
-    for t in range(deltas.shape[0] - 1, -1, -1):
-        last = deltas[t] + gamma * lam * not_done[t] * last
-        advantages[t] = last
+    deltas = rewards + gamma * next_values * (1.0 - terminations.float()) - values
+    decay = (gamma * lam) * (1.0 - dones.float())
+    advantages = deltas.clone()  # A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}, from the last step back
+    steps, decays = advantages.unbind(0), decay.unbind(0)  # views: one in-place op per step
+    for t in range(len(steps) - 2, -1, -1):
+        steps[t].addcmul_(decays[t], steps[t + 1])
     return advantages, advantages + values
 
 
