@@ -21,6 +21,7 @@ from rlhf.schedules import MAX_MAGNITUDE, parse_schedule
 # Sizes that decide how much memory a run allocates up front: bounded so a typo fails here, not in malloc.
 MAX_ENVS = 65_536
 MAX_STEPS = 2**24  # n_steps, batch sizes, and n_steps * num_envs (the rollout's rows)
+MAX_PARAMS = 2**30  # a network's weights: 4 GiB in fp32 before gradients and Adam's state; far more is killed for memory
 MAX_SEED = 2**31 - 1  # numpy and gymnasium take seeds in [0, 2**32); seed + env index + update must fit
 
 
@@ -213,6 +214,15 @@ class PolicyConfig(Section):
             raise ValueError(f"every hidden size must be from 1 to 65536, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _size(self) -> "PolicyConfig":
+        h = self.hidden_sizes
+        weights = sum(a * b for a, b in zip(h, h[1:])) * (1 if self.shared else 2) * (self.moe.experts if self.moe else 1)
+        if weights > MAX_PARAMS:
+            raise ValueError(f"policy.hidden_sizes = {h}: {weights:.3g} weights between hidden layers alone, over the "
+                             f"{MAX_PARAMS:.3g} this builds (4 GiB of fp32 weights); use smaller or fewer layers")
+        return self
+
 
 class PrecisionConfig(Section):
     """How numbers are stored and computed: learner autocast, rollout actor copy, fake-quant training."""
@@ -256,6 +266,11 @@ class TextModelConfig(Section):
     def _heads(self) -> "TextModelConfig":
         if self.n_embd % self.n_head:
             raise ValueError(f"text.model.n_embd = {self.n_embd} must be a multiple of text.model.n_head = {self.n_head}")
+        weights = self.n_layer * (4 + 8 * (self.moe.experts if self.moe else 1)) * self.n_embd**2 \
+            + self.block_size * self.n_embd
+        if weights > MAX_PARAMS:
+            raise ValueError(f"text.model: n_layer = {self.n_layer}, n_embd = {self.n_embd} make {weights:.3g} weights, "
+                             f"over the {MAX_PARAMS:.3g} this builds (4 GiB of fp32 weights); use a smaller model")
         return self
 
 
@@ -732,7 +747,7 @@ def format_validation_error(exc: ValidationError) -> str:
             lines.append(f"{key}: unknown key{_did_you_mean(loc)}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
-        if msg.startswith(("ppo.", "text.")) or not key:
+        if msg.startswith(("ppo.", "text.", "policy.")) or not key:
             lines.append(msg)
         elif err["type"] == "missing":
             lines.append(f"{key}: required key is missing")

@@ -184,3 +184,16 @@ def test_union_typed_keys_are_reported_once():
     with pytest.raises(ConfigError) as err:
         load_config(data={"ppo": {"learning_rate": float("inf")}})
     assert str(err.value) == "config error: ppo.learning_rate = inf: input should be a finite number"
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["policy.hidden_sizes=[65536,65536,65536]"], "policy.hidden_sizes = [65536, 65536, 65536]: 1.72e+10 weights"),
+    (["policy.hidden_sizes=[8192,8192]", "policy.moe.experts=32"], "policy.hidden_sizes = [8192, 8192]: 4.29e+09"),
+    (["text.model.n_layer=256", "text.model.n_embd=16384"], "text.model: n_layer = 256, n_embd = 16384 make 8.25e+11"),
+])
+def test_networks_too_large_to_build_are_refused_before_memory_runs_out(overrides, words):
+    # [65536] * 3 was killed by the kernel for memory after a minute, without a word
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=(["text.updates=1"] if "text" in overrides[0] else []) + overrides)
+    assert words in str(err.value) and "over the 1.07e+09 this builds" in str(err.value)
+    load_config(overrides=["policy.hidden_sizes=[4096,4096,4096]"])  # 6.7e7 weights: fine
