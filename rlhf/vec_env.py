@@ -1,7 +1,9 @@
 """Build a gymnasium VectorEnv from the ``env`` config section, with user-facing errors."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,31 @@ def fill_run_dir(kwargs: dict[str, Any], run_dir: str | Path | None) -> dict[str
     return {k: v.replace("{run_dir}", str(run_dir)) if isinstance(v, str) else v for k, v in kwargs.items()}
 
 
+def env_kwargs(cfg: EnvConfig, extra_kwargs: dict[str, Any] | None, run_dir: str | Path | None) -> dict[str, Any]:
+    """The env's kwargs with ``{run_dir}`` filled in; without a run directory, kwargs that need one are dropped."""
+    kwargs = fill_run_dir({**cfg.kwargs, **(extra_kwargs or {})}, run_dir)
+    if run_dir is None:
+        kwargs = {k: v for k, v in kwargs.items() if not (isinstance(v, str) and "{run_dir}" in v)}
+    return kwargs
+
+
+@contextlib.contextmanager
+def env_errors(env_id: str, kwargs: dict[str, Any]) -> Iterator[None]:
+    """Exceptions from an env's constructor as one-line ConfigErrors naming the env (no traceback)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"env.kwargs = {kwargs!r}: {env_id!r} rejected them ({exc})") from None
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"env {env_id!r} with kwargs {kwargs!r}: {exc}") from None
+    except (MemoryError, OSError):
+        raise
+    except Exception as exc:  # the env's own constructor
+        raise ConfigError(f"env {env_id!r}: creating it raised {type(exc).__name__}: {exc}") from None
+
+
 def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, extra_kwargs: dict[str, Any] | None = None,
                  run_dir: str | Path | None = None):
     """``gymnasium.make_vec`` with our vectorisation names; ``auto`` picks the env's native batch if any."""
@@ -52,22 +79,10 @@ def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, extra_kwargs: dict
     if mode == "native" and spec.vector_entry_point is None:
         raise ConfigError(f"env.vectorization = 'native': {cfg.id!r} has no batched implementation "
                           "(allowed: sync, async)")
-    kwargs = fill_run_dir({**cfg.kwargs, **(extra_kwargs or {})}, run_dir)
-    if run_dir is None:
-        kwargs = {k: v for k, v in kwargs.items() if not (isinstance(v, str) and "{run_dir}" in v)}
+    kwargs = env_kwargs(cfg, extra_kwargs, run_dir)
     gym_mode = "vector_entry_point" if mode == "native" else mode
-    try:
+    with env_errors(cfg.id, kwargs):
         envs = gym.make_vec(spec.id, num_envs=num_envs or cfg.num_envs, vectorization_mode=gym_mode, **kwargs)
-    except ConfigError:
-        raise
-    except TypeError as exc:
-        raise ConfigError(f"env.kwargs = {kwargs!r}: {cfg.id!r} rejected them ({exc})") from None
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(f"env {cfg.id!r} with kwargs {kwargs!r}: {exc}") from None
-    except (MemoryError, OSError):
-        raise
-    except Exception as exc:  # the env's own constructor: name it and the exception, not a traceback
-        raise ConfigError(f"env {cfg.id!r}: creating it raised {type(exc).__name__}: {exc}") from None
     mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if mode != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env {cfg.id!r} uses autoreset mode {mode}; rollouts expect NEXT_STEP (gymnasium's default)")

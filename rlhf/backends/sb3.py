@@ -45,7 +45,7 @@ from rlhf.integrations import for_env
 from rlhf.run_dir import RunDirLock
 from rlhf.schedules import parse_schedule, schedule_value
 from rlhf.signals import StopFlag
-from rlhf.vec_env import _ensure_registered, fill_run_dir
+from rlhf.vec_env import _ensure_registered, env_errors, env_kwargs
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 OUTPUT_KWARGS = ("simtrace_path",)  # env kwargs naming a file each env writes: one file per env
@@ -178,23 +178,11 @@ def make_env(cfg: Config, run_dir: str | Path | None, num_envs: int | None = Non
              extra_kwargs: dict | None = None) -> VecEnv:
     """SB3's vector env over ``gymnasium.make(env.id, **kwargs)`` (each env wrapped in SB3's ``Monitor``)."""
     n = num_envs or cfg.env.num_envs
-    kwargs = fill_run_dir({**cfg.env.kwargs, **(extra_kwargs or {})}, run_dir)
-    if run_dir is None:
-        kwargs = {k: v for k, v in kwargs.items() if not (isinstance(v, str) and "{run_dir}" in v)}
+    kwargs = env_kwargs(cfg.env, extra_kwargs, run_dir)
     _ensure_registered(cfg.env.id)
     fns = [functools.partial(_make_one, cfg.env.id, _own_outputs(kwargs, i)) for i in range(n)]
-    try:
+    with env_errors(cfg.env.id, kwargs):
         return (SubprocVecEnv if cfg.env.vectorization == "async" else DummyVecEnv)(fns)
-    except ConfigError:
-        raise
-    except TypeError as exc:
-        raise ConfigError(f"env.kwargs = {kwargs!r}: {cfg.env.id!r} rejected them ({exc})") from None
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(f"env {cfg.env.id!r} with kwargs {kwargs!r}: {exc}") from None
-    except (MemoryError, OSError):
-        raise
-    except Exception as exc:  # the env's own constructor: name it and the exception, not a traceback
-        raise ConfigError(f"env {cfg.env.id!r}: creating it raised {type(exc).__name__}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- training
