@@ -88,13 +88,15 @@ def load_reward_function(path: str | Path) -> RewardFn:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"text.reward_function = {str(path)!r}: file not found")
+    from envs.deepracer.guard import Guard, UserCodeError
+
     spec = importlib.util.spec_from_file_location(f"rlhf_user_reward_{abs(hash(str(path.resolve())))}", path)
     module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file: report it in one line
-        raise ConfigError(f"text.reward_function = {str(path)!r}: importing it raised "
-                          f"{type(exc).__name__}: {exc}") from None
+    try:  # contained like a DeepRacer reward file: sys.exit or any BaseException is reported, signals still stop
+        with Guard(timeout_s=None) as guard:
+            guard.call(spec.loader.exec_module, module)
+    except UserCodeError as exc:  # the user's file: report it in one line
+        raise ConfigError(f"text.reward_function = {str(path)!r}: importing it {exc.reason}") from None
     fn = getattr(module, "reward_function", None)
     if not callable(fn):
         raise ConfigError(f"text.reward_function = {str(path)!r}: defines no function reward_function(prompt, response)")
@@ -104,16 +106,22 @@ def load_reward_function(path: str | Path) -> RewardFn:
 def call_reward(fn: RewardFn, prompts: list[str], responses: list[str], name: str = "text.reward_function") -> Tensor:
     """Score every (prompt, response); a raise, a non-number or a non-finite value stops the run with that
     pair in the message."""
+    from envs.deepracer.guard import Guard, UserCodeError
+
     out = []
-    for prompt, response in zip(prompts, responses):
-        try:
-            value = fn(prompt, response)
-        except Exception as exc:
-            raise ConfigError(f"{name} raised {type(exc).__name__}: {exc} for prompt {prompt!r}, "
-                              f"response {response!r}") from None
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
-                or abs(float(value)) > 3e38:
-            raise ConfigError(f"{name} returned {value!r} for prompt {prompt!r}, response {response!r}: it must "
-                              "return a finite number")
-        out.append(float(value))
+    with Guard(timeout_s=None) as guard:  # SIGINT/SIGTERM interrupt a call that hangs; sys.exit is reported
+        for prompt, response in zip(prompts, responses):
+            try:
+                value = guard.call(fn, prompt, response)
+            except UserCodeError as exc:
+                raise ConfigError(f"{name} {exc.reason} for prompt {prompt!r}, response {response!r}") from None
+            out.append(_checked(value, name, prompt, response))
     return torch.tensor(out, dtype=torch.float32)
+
+
+def _checked(value, name: str, prompt: str, response: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
+            or abs(float(value)) > 3e38:
+        raise ConfigError(f"{name} returned {value!r} for prompt {prompt!r}, response {response!r}: it must "
+                          "return a finite number")
+    return float(value)

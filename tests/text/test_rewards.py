@@ -110,3 +110,36 @@ def test_reward_files_and_bad_values(tmp_path):
     empty.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="defines no function"):
         load_reward_function(empty)
+
+
+def test_reward_files_that_exit_raise_base_exceptions_or_hang_are_contained(tmp_path):
+    import os
+    import signal
+    import threading
+
+    from envs.deepracer.guard import UserCodeInterrupted
+
+    for body, words in (("import sys; sys.exit(0)", r"text.reward_function called sys.exit\(0\) for prompt"),
+                        ("raise GeneratorExit('bye')", "text.reward_function raised GeneratorExit: bye for prompt"),
+                        ("raise KeyboardInterrupt", "text.reward_function raised KeyboardInterrupt for prompt")):
+        bad = tmp_path / f"bad{abs(hash(body))}.py"
+        bad.write_text(f"def reward_function(prompt, response):\n    {body}\n")
+        with pytest.raises(ConfigError, match=words):
+            call_reward(load_reward_function(bad), ["review : the soup"], ["was great ."])
+    at_import = tmp_path / "exits.py"
+    at_import.write_text("raise SystemExit(3)\n")
+    with pytest.raises(ConfigError, match="importing it called sys.exit"):
+        load_reward_function(at_import)
+    # a call that never returns is interrupted by SIGTERM (it used to keep the process alive)
+    hangs = tmp_path / "hangs.py"
+    hangs.write_text("import time\ndef reward_function(prompt, response):\n    while True:\n        time.sleep(0.01)\n")
+    fn = load_reward_function(hangs)
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        with pytest.raises(UserCodeInterrupted):
+            call_reward(fn, ["p"], ["r"])
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
