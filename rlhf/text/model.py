@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlhf.errors import ConfigError
 from rlhf.moe import MoE, MoESettings, auxiliary_loss, moe_layers
 
 KVCache = tuple[tuple[Tensor, Tensor], ...]   # per layer: keys, values, each (B, n_head, L, head_dim)
@@ -203,8 +204,8 @@ class GPT(nn.Module):
             if position_ids is None:
                 position_ids = position_ids_from_mask(attention_mask)[:, past_len:]
         if int(position_ids.max()) >= self.config.block_size:
-            raise ValueError(f"sequence of {int(position_ids.max()) + 1} real tokens is longer than "
-                             f"block_size {self.config.block_size}")
+            raise ConfigError(f"text.model.block_size = {self.config.block_size}: a sequence of "
+                              f"{int(position_ids.max()) + 1} real tokens is longer (raise block_size)")
 
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
         new_kv = []

@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from rlhf.errors import ConfigError
+
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 SPECIALS = (PAD, EOS, UNK)
 
@@ -54,12 +56,17 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
-        itos = json.loads(Path(path).read_text())["itos"]
+        try:
+            itos = json.loads(Path(path).read_text())["itos"]
+        except (ValueError, KeyError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            itos = None
+        if not isinstance(itos, list) or not all(isinstance(w, str) for w in itos):
+            raise ConfigError(f"{path}: not a tokenizer file (expected JSON {{\"itos\": [words]}})")
         if tuple(itos[:len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"{path}: not a tokenizer file (expected {SPECIALS} first, got {itos[:3]})")
+            raise ConfigError(f"{path}: not a tokenizer file (expected {SPECIALS} first, got {itos[:3]})")
         tokenizer = cls(itos[len(SPECIALS):])
         if tokenizer.itos != itos:
-            raise ValueError(f"{path}: vocabulary is not in sorted order; ids would change on load")
+            raise ConfigError(f"{path}: vocabulary is not in sorted order; ids would change on load")
         return tokenizer
 
 

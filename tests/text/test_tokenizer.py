@@ -48,3 +48,27 @@ def test_left_pad():
     ids, mask = TOKENIZER.encode_batch(["the pasta", "i loved the pasta"])
     assert mask.sum(1).tolist() == [2, 4]
     assert TOKENIZER.decode(ids[0]) == "the pasta"
+
+
+def test_a_damaged_tokenizer_file_is_one_config_error(tmp_path):
+    from rlhf.errors import ConfigError
+
+    path = tmp_path / "tokenizer.json"
+    for text in ("{", '{"itos": 3}', "[]", '{"vocab": []}'):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="tokenizer.json: not a tokenizer file"):
+            Tokenizer.load(path)
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not a tokenizer file"):
+        Tokenizer.load(path)
+
+
+def test_a_sequence_longer_than_block_size_names_the_key():
+    import torch
+
+    from rlhf.errors import ConfigError
+    from rlhf.text.model import GPT, GPTConfig
+
+    gpt = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ConfigError, match="text.model.block_size = 8: a sequence of 9 real tokens is longer"):
+        gpt(torch.zeros(1, 9, dtype=torch.long))
