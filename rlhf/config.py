@@ -369,7 +369,7 @@ class Config(Section):
         "rlhf", description="gym runs: train with our PPO (rlhf) or Stable-Baselines3's (sb3, rlhf.backends.sb3)")
     text: Optional[TextConfig] = Field(None, description="train the toy RLHF text pipeline instead of a gym env")
     stages: Optional[list[Literal["sft", "reward_model", "ppo"]]] = Field(
-        None, description="text runs: which stages to run, in order (default: sft, reward_model, ppo)")
+        None, min_length=1, description="text runs: which stages to run, in order (default: sft, reward_model, ppo)")
 
     @model_validator(mode="after")
     def _stages(self) -> "Config":

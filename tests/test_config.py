@@ -197,3 +197,9 @@ def test_networks_too_large_to_build_are_refused_before_memory_runs_out(override
         load_config(overrides=(["text.updates=1"] if "text" in overrides[0] else []) + overrides)
     assert words in str(err.value) and "over the 1.07e+09 this builds" in str(err.value)
     load_config(overrides=["policy.hidden_sizes=[4096,4096,4096]"])  # 6.7e7 weights: fine
+
+
+def test_an_empty_stage_list_is_refused():
+    # stages=[] used to "finish" a text run that trained nothing, with exit status 0
+    with pytest.raises(ConfigError, match=r"stages = \[\]: list should have at least 1 item"):
+        load_config(overrides=["text.updates=1", "stages=[]"])
