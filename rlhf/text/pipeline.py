@@ -305,7 +305,12 @@ class TextTrainer:
                                   f"responses, advantage {t.advantage}, kl_coef {ppo.kl_coef:g}")
         while ppo.updates < t.updates and not self.stop.requested:
             t0 = time.perf_counter()
-            stats, ro = ppo.iteration()
+            try:
+                stats, ro = ppo.iteration()
+            except KeyboardInterrupt:
+                if not self.stop.requested:
+                    raise
+                break  # SIGINT/SIGTERM interrupted a reward call, before this iteration's update: saved below
             stats["objective/gold_score"] = float(np.mean([self.task.gold_score(p, r)
                                                            for p, r in zip(ro.prompts, ro.responses)]))
             stats["time/iteration_seconds"] = time.perf_counter() - t0
