@@ -305,3 +305,13 @@ def test_sigterm_during_a_hanging_reward_stops_with_a_checkpoint(tmp_path):
     newest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
     state = torch.load(newest, weights_only=True)
     assert all(torch.isfinite(t).all() for t in state["policy"].values())
+
+
+def test_replay_without_a_track_names_a_malformed_csv_first(tmp_path, capsys):
+    csv = tmp_path / "log.csv"
+    csv.write_bytes(b"\x00\x01garbage\n")
+    reward = tmp_path / "r.py"
+    reward.write_text("def reward_function(params):\n    return 1.0\n")
+    assert main(["deepracer", "replay", str(csv), "--reward", str(reward)]) == 2
+    err = capsys.readouterr().err
+    assert "not a simtrace CSV" in err and "--track" not in err and err.count("\n") == 1

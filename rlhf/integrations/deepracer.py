@@ -218,6 +218,12 @@ def replay(target: str | Path, reward: str, track: str | None = None) -> list[di
     else:
         raise ConfigError(f"{str(target)!r} is neither a run directory nor a simtrace CSV")
     if track in (None, "random"):
+        from envs.deepracer import read_simtrace
+
+        try:  # a file that is no simtrace is the thing to fix first
+            read_simtrace(csv)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
         raise ConfigError("replay needs the track the laps were driven on: pass --track NAME|PATH.npy")
     try:
         return replay_csv(csv, reward, track)
