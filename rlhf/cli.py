@@ -417,7 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
-        return args.func(args)
+        code = args.func(args)
+        if "rlhf.distributed" in sys.modules:  # torchrun: all ranks leave the group together, before exit
+            sys.modules["rlhf.distributed"].close(wait_for_all=True)
+        return code
     except ConfigError as exc:  # NonFiniteError too: the message names the source of the NaN/inf
         print(f"rlhf: {exc}", file=sys.stderr)
         return 2

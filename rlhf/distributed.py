@@ -67,8 +67,16 @@ def init(device: str = "cpu") -> bool:
     return True
 
 
-def close() -> None:
+def close(wait_for_all: bool = False) -> None:
+    """Leave the process group. ``wait_for_all`` (after a run that finished on every rank) waits at a barrier
+    first: a rank tearing its group down while another still checkpoints can abort in gloo's threads at
+    exit. Not on error paths, where another rank may be blocked in a collective that will never complete."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            try:
+                dist.barrier()
+            except Exception:  # a rank already gone: nothing left to wait for
+                pass
         dist.destroy_process_group()
 
 
