@@ -70,7 +70,7 @@ for name, overrides in (("flat", ["policy.normalize_obs=true"]),
 '''
 
 
-def run(cmd, cwd, timeout=120):
+def run(cmd, cwd, timeout=300):  # generous: a loaded 2-core machine runs two ranks plus the launcher
     proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
