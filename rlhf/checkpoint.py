@@ -50,17 +50,18 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def save_file(state: dict, target: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``target``, fsync, then rename over it."""
+def write_atomically(target: str | Path, write: Callable[[str], None]) -> Path:
+    """``write(temporary path)`` beside ``target``, fsync, mode 0644 (as ``open`` would give), then rename over
+    ``target``: a run killed mid-write leaves the old file or the new one, never a torn one."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp_", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp_", suffix=target.suffix)
+    os.close(fd)
     try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,20 +69,31 @@ def save_file(state: dict, target: str | Path) -> Path:
     return target
 
 
+def save_file(state: dict, target: str | Path) -> Path:
+    """``torch.save`` written atomically (``write_atomically``)."""
+    return write_atomically(target, lambda tmp: torch.save(state, tmp))
+
+
+def keep_newest(paths: list[Path], keep: int) -> None:
+    """Delete all but the last ``keep`` files of ``paths`` (oldest first); folders named like them stay."""
+    for old in [p for p in paths if p.is_file()][:-keep]:
+        old.unlink(missing_ok=True)
+
+
 def save_checkpoint(state: dict, run_dir: str | Path, step: int, keep: int = 3) -> Path:
     """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep`` files."""
     target = save_file(state, checkpoint_dir(run_dir) / f"step_{step:012d}.pt")
-    for old in [p for p in list_checkpoints(run_dir) if p.is_file()][:-keep]:
-        old.unlink(missing_ok=True)
+    keep_newest(list_checkpoints(run_dir), keep)
     return target
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Paths named like checkpoints in a run, oldest first (readable or not: see ``latest_valid``)."""
+def list_checkpoints(run_dir: str | Path, name: re.Pattern = _NAME) -> list[Path]:
+    """Paths named like checkpoints (``name``: ``step_<n>.pt`` by default) in a run, oldest first (readable or
+    not: see ``latest_valid``)."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.search(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := name.search(p.name))]
     return [p for _, p in sorted(found)]
 
 

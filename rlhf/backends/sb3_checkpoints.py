@@ -8,14 +8,12 @@ Stable-Baselines3 (``rlhf eval`` asks it which kind of run a directory holds).
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
-from rlhf.checkpoint import checkpoint_dir
+from rlhf.checkpoint import checkpoint_dir, keep_newest, list_checkpoints, write_atomically
 from rlhf.errors import ConfigError
 
 _NAME = re.compile(r"step_(\d+)\.zip$")
@@ -24,11 +22,7 @@ REQUIRED_ENTRIES = ("data", "policy.pth")  # what SB3's set_parameters and our c
 
 def list_zips(run_dir: str | Path) -> list[Path]:
     """Paths named like SB3 checkpoints in a run, oldest first (readable or not)."""
-    folder = checkpoint_dir(run_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.search(p.name))]
-    return [p for _, p in sorted(found)]
+    return list_checkpoints(run_dir, _NAME)
 
 
 def counters(path: str | Path) -> dict:
@@ -77,29 +71,9 @@ def latest_valid_zip(run_dir: str | Path) -> Path | None:
 
 def save_zip(model, run_dir: str | Path, step: int, keep: int) -> Path:
     """``model.save`` to ``checkpoints/step_<step>.zip`` atomically; keep the newest ``keep`` checkpoints."""
-    folder = checkpoint_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"step_{step:012d}.zip"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".zip")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    for old in [p for p in list_zips(run_dir) if p.is_file()][:-keep]:
-        old.unlink(missing_ok=True)
+    target = write_atomically(checkpoint_dir(run_dir) / f"step_{step:012d}.zip", model.save)
+    keep_newest(list_zips(run_dir), keep)
     return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def is_sb3_run(run_dir: str | Path) -> bool:
