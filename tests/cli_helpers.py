@@ -24,3 +24,26 @@ def scalar_tags(run_dir: Path) -> set[str]:
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     return set(acc.Tags()["scalars"])
+
+
+def sigterm_while_hanging(args: list[str], run_dir: Path, flag: Path, hang_s: float = 1.5) -> tuple[int, str, float]:
+    """Start ``rlhf *args``; once it has a checkpoint, create ``flag`` (its reward function then hangs),
+    wait ``hang_s``, send SIGTERM. Returns (exit code, stderr, seconds from the signal to the exit)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(rlhf_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list((run_dir / "checkpoints").glob("step_*.pt")) and time.time() < deadline:
+            time.sleep(0.1)
+        assert list((run_dir / "checkpoints").glob("step_*.pt")), "no checkpoint before the hang"
+        flag.touch()
+        time.sleep(hang_s)
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        return proc.returncode, err, time.time() - sent
+    finally:
+        proc.kill()

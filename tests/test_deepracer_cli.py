@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from cli_helpers import ROOT, SHARED_TRACKS, rlhf_cmd, scalar_tags
+from cli_helpers import ROOT, SHARED_TRACKS, rlhf_cmd, scalar_tags, sigterm_while_hanging
 from rlhf.cli import main
 from rlhf.config import load_config
 from rlhf.errors import ConfigError
@@ -275,32 +275,16 @@ def reward_function(params):
 
 
 def test_sigterm_during_a_hanging_reward_stops_with_a_checkpoint(tmp_path):
-    import signal
-    import time
-
     import torch
 
     flag = tmp_path / "hang"
     (tmp_path / "reward.py").write_text(HANGING_REWARD.format(flag=str(flag)))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(rlhf_cmd("train", str(CONFIGS / "deepracer.yaml"), f"deepracer.reward_function={tmp_path / 'reward.py'}",
-                                     "deepracer.reward_timeout_s=300", "checkpoint.every=512", "env.num_envs=4",
-                                     "--run-dir", str(run_dir)),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while not list((run_dir / "checkpoints").glob("step_*.pt")) and time.time() < deadline:
-            time.sleep(0.2)
-        assert list((run_dir / "checkpoints").glob("step_*.pt")), "no checkpoint before the hang"
-        flag.touch()
-        time.sleep(2.0)  # the reward function is now stuck
-        sent = time.time()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-        assert time.time() - sent < 10
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    code, err, seconds = sigterm_while_hanging(
+        ["train", str(CONFIGS / "deepracer.yaml"), f"deepracer.reward_function={tmp_path / 'reward.py'}",
+         "deepracer.reward_timeout_s=300", "checkpoint.every=512", "env.num_envs=4", "--run-dir", str(run_dir)],
+        run_dir, flag, hang_s=2.0)
+    assert code == 0 and seconds < 10, err
     assert "stopped; continue with --resume" in err and "Traceback" not in err
     newest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
     state = torch.load(newest, weights_only=True)
