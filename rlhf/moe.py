@@ -198,8 +198,9 @@ def auxiliary_loss(layers: list[MoE]) -> Tensor | None:
 def with_auxiliary_loss(loss: Tensor, model: nn.Module) -> Tensor:
     """``loss`` plus ``model.auxiliary_loss()`` when the model has one (MoE): how SFT and the reward model
     train their routers; PPO adds it inside ``ppo_update`` through the same method."""
-    fn = getattr(model, "auxiliary_loss", None)
-    aux = fn() if fn is not None else None
+    from rlhf.ppo.update import auxiliary_loss as model_auxiliary_loss
+
+    aux = model_auxiliary_loss(model)
     return loss if aux is None else loss + aux
 
 

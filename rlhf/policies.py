@@ -113,6 +113,10 @@ class ActorCritic(nn.Module):
         act = ACTIVATIONS[cfg.activation]
         self.image = is_image_space(obs_space)
         self.obs_rms = RunningMeanStd(obs_space.shape) if cfg.normalize_obs and not self.image else None
+        if cfg.moe is not None and (self.image or not cfg.hidden_sizes):
+            raise ConfigError("policy.moe: Mixture-of-Experts layers replace MLP hidden layers, and this policy has "
+                              f"{'a CNN trunk' if self.image else 'none (policy.hidden_sizes is empty)'}; "
+                              "remove policy.moe or give it hidden layers")
         if self.image:
             in_dim = cfg.cnn_features
             make_trunk = lambda: NatureCNN(obs_space, cfg.cnn_features)  # noqa: E731

@@ -215,3 +215,17 @@ def test_model_size_shows_total_and_active_parameters(capsys):
     assert "Mixture of Experts: 4 layers, top 2 of 4 experts" in out and "active per observation" in out
     assert main(["model-size", "configs/text_rlhf_moe.yaml"]) == 0
     assert "top 1 of 4 experts" in capsys.readouterr().out
+
+
+def test_moe_without_mlp_hidden_layers_is_refused():
+    import gymnasium as gym
+
+    from rlhf.config import MoEConfig, PolicyConfig
+    from rlhf.errors import ConfigError
+    from rlhf.policies import ActorCritic
+
+    with pytest.raises(ConfigError, match="policy.hidden_sizes is empty"):
+        ActorCritic(gym.spaces.Box(-1, 1, (5,)), gym.spaces.Discrete(3), PolicyConfig(hidden_sizes=[], moe=MoEConfig()))
+    with pytest.raises(ConfigError, match="a CNN trunk"):
+        ActorCritic(gym.spaces.Box(0, 255, (3, 36, 36), dtype="uint8"), gym.spaces.Discrete(3),
+                    PolicyConfig(cnn_features=8, moe=MoEConfig()))
