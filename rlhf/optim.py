@@ -9,6 +9,8 @@ when the parameters share a float dtype and a device, ``adam`` otherwise.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.optim.optimizer as torch_optimizer
 from torch import nn
@@ -24,6 +26,25 @@ def _global_step_hooks() -> bool:
     pre = getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
     post = getattr(torch_optimizer, "_global_optimizer_post_hooks", None)
     return pre is None or post is None or bool(pre) or bool(post)
+
+
+def _without_compiler_import(method):
+    """``torch.optim.Optimizer``'s ``method`` without its ``torch._disable_dynamo`` wrapper while the compiler
+    stack is not loaded.
+
+    The wrapper imports ``torch._dynamo`` on first use, about 1 s of a short run's start-up, only to mark the
+    method as not traceable by ``torch.compile``; a process that has not imported the compiler traces
+    nothing. Once ``torch._dynamo`` is loaded (the user compiles something) the wrapped method is used as is.
+    """
+    raw = getattr(method, "__wrapped__", None)
+    if raw is None:
+        return method
+
+    def call(self, *args, **kwargs):
+        return (method if "torch._dynamo" in sys.modules else raw)(self, *args, **kwargs)
+
+    call.__doc__, call.__name__ = raw.__doc__, raw.__name__
+    return call
 
 
 class FlatAdam(torch.optim.Adam):
@@ -61,6 +82,9 @@ class FlatAdam(torch.optim.Adam):
             offset += n
         super().__init__([self.flat], lr=lr, eps=eps, fused=True)
         self.kernel_ok = True  # False: use the public Adam.step (set on the first failure, or by hand)
+
+    add_param_group = _without_compiler_import(torch.optim.Optimizer.add_param_group)
+    state_dict = _without_compiler_import(torch.optim.Optimizer.state_dict)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the flat gradient in place (``set_to_none`` is ignored: gradients must stay views of it)."""
@@ -118,7 +142,10 @@ class FlatAdam(torch.optim.Adam):
                              "exp_avg": torch.cat([s["exp_avg"].reshape(-1) for s in per_param]),
                              "exp_avg_sq": torch.cat([s["exp_avg_sq"].reshape(-1) for s in per_param])}}
             state_dict = {"state": state, "param_groups": [{**state_dict["param_groups"][0], "params": [0]}]}
-        super().load_state_dict(state_dict)
+        _load_state_dict(self, state_dict)
+
+
+_load_state_dict = _without_compiler_import(torch.optim.Optimizer.load_state_dict)
 
 
 def _public_adam_step(optimizer: torch.optim.Adam, closure=None):

@@ -140,3 +140,29 @@ def test_flat_adam_runs_step_hooks_once():
         assert calls == ["global", "pre", "post"] * 2
     finally:
         handle.remove()
+
+
+def test_flat_adam_does_not_load_the_compiler_stack():
+    """Building, stepping, saving and loading FlatAdam leaves ``torch._dynamo`` unimported (about 1 s of a
+    short run's start-up); once it is imported, the same calls go through torch's wrapped methods."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from rlhf.optim import FlatAdam
+net = torch.nn.Linear(3, 2)
+opt = FlatAdam(list(net.parameters()), lr=1e-2)
+net(torch.randn(4, 3)).sum().backward()
+opt.step()
+state = opt.state_dict()
+opt.load_state_dict(state)
+print("dynamo loaded:", "torch._dynamo" in sys.modules)
+import torch._dynamo
+opt2 = FlatAdam(list(torch.nn.Linear(3, 2).parameters()), lr=1e-2)
+opt2.load_state_dict(opt.state_dict())
+assert torch.equal(opt2.state[opt2.flat]["exp_avg"], opt.state[opt.flat]["exp_avg"])
+print("after import ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["dynamo loaded: False", "after import ok"]
