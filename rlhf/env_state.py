@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from gymnasium.vector import SyncVectorEnv
 
+from rlhf.errors import ConfigError
+
 _SIMPLE = (bool, int, float, str, type(None))
 
 
@@ -65,21 +67,39 @@ def _restore(obj, state: dict) -> None:
         setattr(obj, key, _decode(value, getattr(obj, key, None)))
 
 
+def _kind(base) -> str | None:
+    """How ``base``'s state is captured: its own get_state, a SyncVectorEnv's layers, or attributes."""
+    if hasattr(base, "get_state"):
+        return "native"
+    if isinstance(base, SyncVectorEnv):
+        return "sync"
+    if type(base).__module__.startswith("gymnasium.envs.classic_control"):
+        return "attributes"  # numpy-batched classic control
+    return None
+
+
 def get_env_state(envs) -> dict | None:
     """A weights-only-loadable snapshot of ``envs``, or None when its state cannot be captured."""
     base = envs.unwrapped if hasattr(envs, "unwrapped") else envs
-    if hasattr(base, "get_state"):
-        return {"kind": "native", "state": _encode_tree(base.get_state())}
-    if isinstance(base, SyncVectorEnv):
-        return {"kind": "sync", "vector": _snapshot(base),
+    kind = _kind(base)
+    if kind == "native":
+        return {"kind": kind, "state": _encode_tree(base.get_state())}
+    if kind == "sync":
+        return {"kind": kind, "vector": _snapshot(base),
                 "envs": [[_snapshot(layer) for layer in _layers(e)] for e in base.envs]}
-    if type(base).__module__.startswith("gymnasium.envs.classic_control"):
-        return {"kind": "attributes", "vector": _snapshot(base)}  # numpy-batched classic control
+    if kind == "attributes":
+        return {"kind": kind, "vector": _snapshot(base)}
     return None
 
 
 def set_env_state(envs, state: dict) -> None:
+    """Restore a snapshot of ``get_env_state``; one taken from another kind of vector env is refused."""
     base = envs.unwrapped if hasattr(envs, "unwrapped") else envs
+    if state["kind"] != _kind(base):
+        saved = "a SyncVectorEnv" if state["kind"] == "sync" else f"a {state['kind']!r} vector env"
+        raise ConfigError(f"env.vectorization: the checkpoint holds the state of {saved}, but this run builds "
+                          f"{type(base).__name__} (auto now picks a native batched env for some ids); set "
+                          "env.vectorization in the run's config.yaml to the mode that wrote it (sync) to resume")
     if state["kind"] == "native":
         base.set_state(_decode_tree(state["state"]))
         return

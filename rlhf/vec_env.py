@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,10 +70,24 @@ def env_errors(env_id: str, kwargs: dict[str, Any]) -> Iterator[None]:
         raise ConfigError(f"env {env_id!r}: creating it raised {type(exc).__name__}: {exc}") from None
 
 
+# Our numpy-batched envs for gymnasium ids registered without a ``vector_entry_point``.
+NATIVE_ENTRY_POINTS = {
+    "Acrobot-v1": "envs.classic_control:AcrobotVectorEnv",
+    "Pendulum-v1": "envs.classic_control:PendulumVectorEnv",
+}
+
+
+def _with_native(spec: gym.envs.registration.EnvSpec) -> gym.envs.registration.EnvSpec:
+    """``spec``, with our batched entry point filled in where gymnasium has none."""
+    if spec.vector_entry_point is None and spec.id in NATIVE_ENTRY_POINTS:
+        return dataclasses.replace(spec, vector_entry_point=NATIVE_ENTRY_POINTS[spec.id])
+    return spec
+
+
 def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, extra_kwargs: dict[str, Any] | None = None,
                  run_dir: str | Path | None = None):
     """``gymnasium.make_vec`` with our vectorisation names; ``auto`` picks the env's native batch if any."""
-    spec = _ensure_registered(cfg.id)
+    spec = _with_native(_ensure_registered(cfg.id))
     mode = cfg.vectorization
     if mode == "auto":
         mode = "native" if spec.vector_entry_point is not None else "sync"
@@ -82,7 +97,7 @@ def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, extra_kwargs: dict
     kwargs = env_kwargs(cfg, extra_kwargs, run_dir)
     gym_mode = "vector_entry_point" if mode == "native" else mode
     with env_errors(cfg.id, kwargs):
-        envs = gym.make_vec(spec.id, num_envs=num_envs or cfg.num_envs, vectorization_mode=gym_mode, **kwargs)
+        envs = gym.make_vec(spec, num_envs=num_envs or cfg.num_envs, vectorization_mode=gym_mode, **kwargs)
     mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if mode != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env {cfg.id!r} uses autoreset mode {mode}; rollouts expect NEXT_STEP (gymnasium's default)")
