@@ -12,6 +12,10 @@ envs from its own seeds and computes gradients on its own rollout; the pieces he
   stop at the same step.
 * ``reduce_stats``: the logged statistics, averaged (counts summed) over the ranks.
 
+The text pipeline (``rlhf.text.pipeline``) uses the same pieces for its PPO stage: each rank samples its own
+prompts and generations, ``sum_over_ranks`` gives the adaptive KL controller and the step counter every rank's
+samples, and ``gather_object`` puts every rank's random streams into rank 0's checkpoint.
+
 In one process none of this is installed: the single-process path pays nothing.
 """
 from __future__ import annotations
@@ -25,7 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-SUMMED = ("time/episodes",)  # logged statistics that add up over ranks; every other one is averaged
+# logged statistics that add up over ranks (counts); every other one is averaged
+SUMMED = ("time/episodes", "val/num_eos_tokens")
 
 
 def requested() -> bool:
@@ -37,13 +42,10 @@ def refuse_unsupported(cfg) -> None:
     """Config choices a data-parallel run cannot honour (``ConfigError``), checked before the group starts."""
     from rlhf.errors import ConfigError
 
-    if cfg.text is not None:
-        raise ConfigError("data-parallel training (torchrun, WORLD_SIZE > 1) covers gym configs; the text pipeline "
-                          "runs in one process: start it with rlhf train")
     if getattr(cfg, "backend", "rlhf") != "rlhf":
         raise ConfigError(f"backend = {cfg.backend!r}: data-parallel training (torchrun) runs the rlhf backend; "
                           "start other backends with rlhf train")
-    if cfg.ppo.episodes_between_updates is not None:
+    if cfg.text is None and cfg.ppo.episodes_between_updates is not None:
         raise ConfigError("ppo.episodes_between_updates: data-parallel runs need rollouts of one size on every rank; "
                           "use ppo.n_steps")
 
@@ -109,6 +111,26 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     y = x.detach().to(_coll_device(), copy=True)
     dist.all_reduce(y)
     return (y / dist.get_world_size()).to(x.device)
+
+
+def barrier() -> None:
+    """Wait for every rank (after rank 0 wrote files the others read next); nothing in one process."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def sum_over_ranks(*values: float) -> list[float]:
+    """The sums of ``values`` over the ranks, in float64 and one ``all_reduce``."""
+    t = torch.tensor(values, dtype=torch.float64, device=_coll_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def gather_object(value) -> list:
+    """Every rank's picklable ``value``, in rank order, on every rank."""
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def any_rank(flag: bool) -> bool:
@@ -211,10 +233,12 @@ class Whiten:
         return mean, math.sqrt(max(ss - n * mean * mean, 0.0) / max(n - 1.0, 1.0))
 
 
-def whiten(x: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
-    """One cross-rank whitening without the cache (see ``Whiten``)."""
+def whiten(x: Tensor, mask: Tensor | None = None, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:
+    """One cross-rank whitening without the cache (see ``Whiten``); ``shift_mean=False`` keeps the mean, as
+    ``masked_whiten`` does."""
     mean, std = Whiten._reduce(x, mask)
-    return (x - mean) / (std + eps)
+    out = (x - mean) / (std + eps)
+    return out if shift_mean else out + mean
 
 
 def mean(x: Tensor) -> Tensor:

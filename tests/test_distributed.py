@@ -123,7 +123,6 @@ def test_torchrun_cli_writes_one_run_directory_that_evaluates_and_resumes(tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["configs/text_rlhf.yaml"], "the text pipeline runs in one process"),
     (["configs/cartpole.yaml", "ppo.n_steps=null", "ppo.episodes_between_updates=4"], "ppo.episodes_between_updates"),
 ])
 def test_what_data_parallel_runs_cannot_honour_is_refused_before_the_group_starts(tmp_path, monkeypatch, capsys,

@@ -11,18 +11,24 @@
 ``stages=[...]`` runs a subset; ``text.init_from=OTHER_RUN`` copies another run's SFT / reward-model results
 (and tokenizer) in; a ``text.reward_function`` file is copied to ``RUN/user/``. ``--resume`` skips finished
 stages and continues PPO from its newest checkpoint.
+
+Under torchrun (``rlhf.distributed``) rank 0 alone writes the run directory. The SFT and reward-model stages
+run identically on every rank (no speed-up; the later stages read rank 0's saved model, so every rank goes
+on from the same weights); the PPO stage is data-parallel: each rank its own prompts and samples, gradients
+averaged, advantage whitening, KL control and logged statistics over every rank's samples.
 """
 from __future__ import annotations
 
 import shutil
 import time
 import weakref
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rlhf import distributed
 from rlhf.build import build_optimizer, build_precision, ppo_settings, resolve_device
 from rlhf.checkpoint import (FROZEN_ON_RESUME_TEXT, latest_checkpoint, latest_valid, load_checkpoint,
                              refuse_frozen_changes, save_checkpoint, save_file, set_aside, skipped_newer, write_config)
@@ -58,15 +64,16 @@ def load_model(path: Path, **config_changes) -> tuple[GPT, dict]:
     return model, state
 
 
-def adopt_files(cfg: Config, run_dir: Path) -> Config:
+def adopt_files(cfg: Config, run_dir: Path, copy: bool = True) -> Config:
     """Copy what this run reuses into it, so it stands alone: another run's stages (``text.init_from``) and
-    the user's reward file. Returns the config pointing at the copies."""
+    the user's reward file. Returns the config pointing at the copies; ``copy=False`` (data-parallel ranks
+    other than 0) checks and points without copying."""
     text = cfg.text
     if text.init_from is not None:
         src = Path(text.init_from)
         if not (src / SFT_FILE).is_file():
             raise ConfigError(f"text.init_from = {text.init_from!r}: no {SFT_FILE} there (is it a text run directory?)")
-        for relative in (TOKENIZER_FILE, SFT_FILE, RM_FILE):
+        for relative in (TOKENIZER_FILE, SFT_FILE, RM_FILE) if copy else ():
             if (src / relative).is_file() and not (run_dir / relative).is_file():
                 (run_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / relative, run_dir / relative)
@@ -74,11 +81,11 @@ def adopt_files(cfg: Config, run_dir: Path) -> Config:
         src = Path(text.reward_function)
         if not src.is_file():
             raise ConfigError(f"text.reward_function = {text.reward_function!r}: file not found")
-        copy = run_dir / "user" / "reward_function.py"
-        if src.resolve() != copy.resolve():
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, copy)
-        text = text.model_copy(update={"reward_function": str(copy)})
+        target = run_dir / "user" / "reward_function.py"
+        if copy and src.resolve() != target.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+        text = text.model_copy(update={"reward_function": str(target)})
     return cfg.model_copy(update={"text": text})
 
 
@@ -127,15 +134,24 @@ def build_policy(cfg: Config, run_dir: Path, device: torch.device):
 
 
 def build_text_ppo(cfg: Config, run_dir: Path, tokenizer: Tokenizer, task: Task, device: torch.device):
-    """The PPO stage's ``TextPPO``: policy and reference from the run's SFT, reward, optimizer, precision."""
+    """The PPO stage's ``TextPPO``: policy and reference from the run's SFT, reward, optimizer, precision.
+
+    Data-parallel: one start on every rank (rank 0's weights, LoRA adapters included), gradients averaged
+    over the ranks before the clip, advantage whitening and the target-KL stop over every rank's samples."""
     from rlhf.text.ppo import TextPPO
 
     policy, reference = build_policy(cfg, run_dir, device)
     score = load_reward(cfg, run_dir, tokenizer, device)
+    settings = ppo_settings(cfg.ppo)
+    if distributed.world_size() > 1:
+        distributed.broadcast_module(policy)
+        settings = replace(settings, whiten=distributed.Whiten(), mean=distributed.mean)
     optimizer = build_optimizer(cfg, policy)
     precision = build_precision(cfg, policy, device)
-    return TextPPO(cfg, policy, tokenizer, task.prompts("train"), score, reference, ppo_settings(cfg.ppo),
-                   precision, optimizer, device)
+    if distributed.world_size() > 1:
+        precision.grad_reduce = distributed.GradientMean()
+    return TextPPO(cfg, policy, tokenizer, task.prompts("train"), score, reference, settings, precision, optimizer,
+                   device)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -145,7 +161,8 @@ class TextTrainer:
 
     Holds the run directory's lock until ``train()`` returns or ``close()``. A resume refuses the keys its
     models depend on (``FROZEN_ON_RESUME_TEXT``), reads the newest usable PPO checkpoint up front, and
-    writes nothing (files adopted, ``config.yaml``) until ``train()`` starts.
+    writes nothing (files adopted, ``config.yaml``) until ``train()`` starts. Data-parallel, rank 0 alone holds
+    the lock and writes; the other ranks wait at a barrier for its files.
     """
 
     PPO_REQUIRED = ("policy", "optimizer", "precision", "counters", "rng")
@@ -155,7 +172,10 @@ class TextTrainer:
             raise ConfigError("precision.qat applies to gym policies only; text runs quantize through "
                               "precision.rollout or text.lora.quantize_base")
         self.cfg, self.text, self.run_dir, self.resume = cfg, cfg.text, Path(run_dir), resume
-        self.lock = RunDirLock(self.run_dir).acquire()
+        self.world, self.main = distributed.world_size(), distributed.is_main()
+        self.lock = RunDirLock(self.run_dir)
+        if self.main:
+            self.lock.acquire()
         weakref.finalize(self, self.lock.release)
         try:
             self._build(cfg, resume)
@@ -167,6 +187,8 @@ class TextTrainer:
         if not resume and (latest_checkpoint(self.run_dir) or (self.run_dir / SFT_FILE).exists()):
             raise ConfigError(f"run directory {str(self.run_dir)!r} already holds a run: continue it with "
                               f"--resume {self.run_dir}, or choose another --run-dir")
+        if not resume:
+            distributed.barrier()  # every rank checked before rank 0 copies text.init_from's models in
         self._resume_from: tuple[Path, dict] | None = None
         self._pending_resume: list[Path] | None = None  # unusable checkpoints to set aside when training starts
         if resume:
@@ -177,15 +199,19 @@ class TextTrainer:
             self._resume_from = latest_valid(self.run_dir, self.PPO_REQUIRED, load=True)
             self._pending_resume = skipped_newer(self.run_dir, self._resume_from[0]) if self._resume_from else []
         else:
-            self.cfg = cfg = adopt_files(cfg, self.run_dir)
+            self.cfg = cfg = adopt_files(cfg, self.run_dir, copy=self.main)
             self.text = cfg.text
-        if cfg.torch_threads:
+        if cfg.torch_threads and self.world == 1:  # ranks run one thread each (rlhf.distributed.init)
             torch.set_num_threads(cfg.torch_threads)
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.local_device(resolve_device(cfg.device))
         self.task = Task(seed=cfg.seed)
-        self.tokenizer = self._tokenizer()
-        if not resume:
-            write_config(cfg, self.run_dir)
+        if self.main:
+            self.tokenizer = self._tokenizer()
+            if not resume:
+                write_config(cfg, self.run_dir)
+        distributed.barrier()  # rank 0's adopted files, tokenizer and config are in place
+        if not self.main:
+            self.tokenizer = self._tokenizer()
         self.global_step = 0
         self.last_stats: dict[str, float] = {}
 
@@ -204,11 +230,13 @@ class TextTrainer:
 
     def _start_resumed(self) -> None:
         """The resumed run starts: adopt its files, commit its config, set unusable checkpoints aside."""
-        self.cfg = adopt_files(self.cfg, self.run_dir)
+        self.cfg = adopt_files(self.cfg, self.run_dir, copy=self.main)
         self.text = self.cfg.text
-        write_config(self.cfg, self.run_dir)
-        set_aside(self._pending_resume)
+        if self.main:
+            write_config(self.cfg, self.run_dir)
+            set_aside(self._pending_resume)
         self._pending_resume = None
+        distributed.barrier()
 
     def _tokenizer(self) -> Tokenizer:
         path = self.run_dir / TOKENIZER_FILE
@@ -226,12 +254,16 @@ class TextTrainer:
         try:
             if self._pending_resume is not None:
                 self._start_resumed()
-            total = self.text.updates * self.text.prompts_per_update * self.text.num_generations * self.text.max_new_tokens
-            self.logger = Logger(self.run_dir, self.cfg.logging, total, headline=("objective/scores", "score"))
+            t = self.text
+            total = t.updates * t.prompts_per_update * t.num_generations * t.max_new_tokens * self.world
+            logging = self.cfg.logging if self.main else \
+                self.cfg.logging.model_copy(update={"tensorboard": False, "progress_bar": False})
+            self.logger = Logger(self.run_dir, logging, total, headline=("objective/scores", "score"))
+            self.logger.console.quiet = not self.main  # rank 0 alone writes TensorBoard and the console
             try:
                 with StopFlag() as self.stop:
                     for stage in self.cfg.text_stages:
-                        if self.stop.requested:
+                        if self._stop_requested():
                             break
                         self._run_stage(stage)
             finally:
@@ -239,6 +271,18 @@ class TextTrainer:
         finally:
             self.close()
         return self.last_stats
+
+    def _stop_requested(self) -> bool:
+        """A signal asked to stop; data-parallel ranks agree (any rank's signal stops all, at the same point)."""
+        if self.world > 1 and distributed.any_rank(self.stop.requested):
+            self.stop.requested = True
+        return self.stop.requested
+
+    def _save_model(self, model: torch.nn.Module, path: Path, **extra) -> None:
+        """A stage's result, written by rank 0; every rank then reads that one file (the barrier)."""
+        if self.main:
+            save_model(model, path, **extra)
+        distributed.barrier()
 
     def _run_stage(self, stage: str) -> None:
         """One stage; a NaN/inf stops the run naming the stage and what was kept (nothing bad is saved)."""
@@ -264,7 +308,7 @@ class TextTrainer:
         metrics = train_sft(model, self.tokenizer, self.task, steps=s.steps, batch_size=s.batch_size,
                             lr=s.learning_rate, corpus_size=s.corpus_size, seed=self.cfg.seed,
                             log=self.logger.scalars)
-        save_model(model, self.run_dir / SFT_FILE, metrics=metrics)
+        self._save_model(model, self.run_dir / SFT_FILE, metrics=metrics)
         self.last_stats = metrics
         self.logger.console.print(f"sft: val perplexity {metrics['sft/val_perplexity']:.2f} "
                                   f"({metrics['sft/seconds']:.0f} s)")
@@ -285,8 +329,10 @@ class TextTrainer:
             label_noise=r.label_noise, max_new_tokens=self.text.max_new_tokens, temperature=self.text.temperature,
             seed=self.cfg.seed, log=self.logger.scalars)
         check_state(rm, "reward model parameter")
-        save_file({"gpt_config": asdict(rm.gpt.config), "model": rm.state_dict(), "metrics": metrics},
-                  self.run_dir / RM_FILE)
+        if self.main:
+            save_file({"gpt_config": asdict(rm.gpt.config), "model": rm.state_dict(), "metrics": metrics},
+                      self.run_dir / RM_FILE)
+        distributed.barrier()
         self.last_stats = metrics
         self.logger.console.print(f"reward model: held-out accuracy {metrics['rm/accuracy']:.3f} "
                                   f"(gold labels {metrics['rm/gold_label_accuracy']:.3f}, {metrics['rm/seconds']:.0f} s)")
@@ -301,37 +347,48 @@ class TextTrainer:
         elif ppo.updates == 0:
             self.snapshot(ppo)
         self.logger.step0 = ppo.global_step
+        ranks = f" x {self.world} ranks" if self.world > 1 else ""
         self.logger.console.print(f"stage 3/3 ppo: {t.updates} updates x {t.prompts_per_update * t.num_generations} "
-                                  f"responses, advantage {t.advantage}, kl_coef {ppo.kl_coef:g}")
-        while ppo.updates < t.updates and not self.stop.requested:
+                                  f"responses{ranks}, advantage {t.advantage}, kl_coef {ppo.kl_coef:g}")
+        while ppo.updates < t.updates and not self._stop_requested():
             t0 = time.perf_counter()
             try:
                 stats, ro = ppo.iteration()
             except KeyboardInterrupt:
-                if not self.stop.requested:
+                if not self.stop.requested and self.world == 1:
                     raise
+                self.stop.requested = True  # data-parallel: a signal on some rank cut its reward call short
                 break  # SIGINT/SIGTERM interrupted a reward call, before this iteration's update: saved below
             stats["objective/gold_score"] = float(np.mean([self.task.gold_score(p, r)
                                                            for p, r in zip(ro.prompts, ro.responses)]))
             stats["time/iteration_seconds"] = time.perf_counter() - t0
             stats["time/fps"] = self.logger.fps(ppo.global_step)
+            if self.world > 1:
+                stats = distributed.reduce_stats(stats)
             self.logger.log(stats, ppo.global_step)
             if ppo.updates % t.sample_every == 0 or ppo.updates == 1:
                 self.logger.text("samples", sample_table(ro.prompts[:8], ro.responses[:8], ro.scores[:8].tolist()),
                                  ppo.global_step)
             if ppo.updates % t.snapshot_every == 0 or ppo.updates == t.updates:
                 self.snapshot(ppo)
-                save_checkpoint(ppo.state_dict(), self.run_dir, ppo.global_step, self.cfg.checkpoint.keep)
+                self._checkpoint(ppo)
             self.last_stats = stats
-        if self.stop.requested:
-            save_checkpoint(ppo.state_dict(), self.run_dir, ppo.global_step, self.cfg.checkpoint.keep)
+        if self._stop_requested():  # data-parallel: every rank takes part (the checkpoint gathers their streams)
+            self._checkpoint(ppo)
         self.global_step = ppo.global_step
 
+    def _checkpoint(self, ppo) -> None:
+        state = ppo.state_dict()  # every rank: it checks the weights and gathers each rank's random streams
+        if self.main:
+            save_checkpoint(state, self.run_dir, ppo.global_step, self.cfg.checkpoint.keep)
+
     def snapshot(self, ppo) -> None:
-        """The policy weights at this update, for the over-optimisation curve (update 0 = SFT)."""
+        """The policy weights at this update, for the over-optimisation curve (update 0 = SFT); rank 0 writes."""
         check_state(ppo.policy.model, "policy parameter")
-        save_file({"updates": ppo.updates, "global_step": ppo.global_step, "policy": ppo.policy.model.state_dict()},
-                  self.run_dir / "ppo" / "snapshots" / f"update_{ppo.updates:05d}.pt")
+        if self.main:
+            save_file({"updates": ppo.updates, "global_step": ppo.global_step,
+                       "policy": ppo.policy.model.state_dict()},
+                      self.run_dir / "ppo" / "snapshots" / f"update_{ppo.updates:05d}.pt")
 
 
 def sample_table(prompts: list[str], responses: list[str], scores: list[float]) -> str:

@@ -5,6 +5,10 @@ One iteration: sample prompts -> generate responses (KV cache, the acting copy i
 the frozen reference (``evaluate_actions``, the call the update makes, so the first ratio is 1) ->
 per-token rewards (-beta * KL, score at the last real token) -> advantages (GAE over tokens, or RLOO /
 GRPO group baselines) -> ``ppo_update`` with a (B, T) token mask -> KL-coefficient control.
+
+Data-parallel (torchrun, ``rlhf.distributed``): every rank samples its own ``prompts_per_update`` prompts from
+its own stream (seed + rank); ``pipeline.build_text_ppo`` installs the gradient mean and cross-rank whitening;
+here the KL controller and the step counter read every rank's samples, so the ranks stay identical.
 """
 from __future__ import annotations
 
@@ -14,11 +18,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from rlhf import distributed
 from rlhf.config import Config
 from rlhf.errors import NonFiniteError
 from rlhf.finite import check_state
 from rlhf.moe import moe_statistics
-from rlhf.ppo.advantages import masked_mean
+from rlhf.ppo.advantages import masked_mean, masked_whiten
 from rlhf.ppo.update import Batch, PPOSettings, ppo_update
 from rlhf.precision import Precision
 from rlhf.text.generate import GenerationOutput, generate
@@ -63,7 +68,10 @@ class TextPPO:
         self.kl = AdaptiveKL(self.text.kl_coef, self.text.adaptive_kl.target, self.text.adaptive_kl.horizon) \
             if self.text.adaptive_kl else None
         self.kl_coef = self.text.kl_coef
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.generator = torch.Generator().manual_seed(cfg.seed + self.rank)  # each rank its own prompts and samples
+        if self.world > 1:  # and its own minibatch shuffles, the same on every run (a checkpoint's replace these)
+            torch.manual_seed(cfg.seed + self.rank)
         self.actor = self._make_actor()
         self.updates, self.global_step = 0, 0
         self.n_updates = 0  # gradient steps over the whole run (train/n_updates, cumulative as in SB3)
@@ -109,7 +117,7 @@ class TextPPO:
         rewards, kl = token_rewards(scores, logp, ref_logp.float(), mask, self.kl_coef, t.kl_estimator)
         _check_finite(rewards.sum(1), "per-token reward (score - kl_coef * KL to the reference)", prompts, responses)
         if t.whiten_rewards:
-            rewards = whiten_rewards(rewards, mask)
+            rewards = whiten_rewards(rewards, mask, distributed.whiten if self.world > 1 else masked_whiten)
         if t.advantage == "gae":
             ppo = self.cfg.ppo
             advantages, returns = token_gae(rewards, values, mask, ppo.discount_factor, ppo.gae_lambda)
@@ -120,8 +128,10 @@ class TextPPO:
         return TextRollout(prompts, responses, gen, batch, scores, kl, entropy, ended)
 
     def iteration(self) -> tuple[dict[str, float], TextRollout]:
-        """One generate -> score -> update cycle; returns (stats in TRL's and SB3's words, the rollout)."""
-        ro = self.rollout(self.next_prompts())
+        """One generate -> score -> update cycle; returns (stats in TRL's and SB3's words, the rollout).
+
+        Statistics are this rank's; ``rlhf.distributed.reduce_stats`` averages them over the ranks."""
+        ro = self._rollout_on_every_rank(self.next_prompts())
         stats = ppo_update(self.policy, self.optimizer, ro.batch, self.settings, self.precision)
         self.n_updates += int(stats["train/n_updates"])
         stats["train/n_updates"] = float(self.n_updates)
@@ -140,25 +150,48 @@ class TextPPO:
         })
         if self.actor is not self.policy.model:  # k1 estimate of KL(actor || learner), per token, as the gym trainer logs
             stats["precision/actor_learner_kl"] = float(masked_mean(ro.generation.logprobs - ro.batch.logp, mask))
+        tokens, n_samples = int(mask.sum()), len(ro.prompts)
+        if self.world > 1:  # every rank's samples (as many per rank): the controller's beta stays the same everywhere
+            kl_sum, tokens, n_samples = distributed.sum_over_ranks(kl_per_response, tokens, n_samples)
+            kl_per_response = kl_sum / self.world
         if self.kl is not None:
-            self.kl_coef = self.kl.update(kl_per_response, len(ro.prompts))
+            self.kl_coef = self.kl.update(kl_per_response, int(n_samples))
         self._refresh_actor()
         self.updates += 1
-        self.global_step += int(mask.sum())
+        self.global_step += int(tokens)
         stats.update(self.precision.stats())
         stats.update(moe_statistics(self.policy.model.moe_layers))  # routing of the last minibatch
         return stats, ro
 
+    def _rollout_on_every_rank(self, prompts: list[str]) -> TextRollout:
+        """``rollout``; data-parallel, a signal that cut one rank's reward call short (KeyboardInterrupt) stops
+        every rank here, before the update's collectives."""
+        if self.world == 1:
+            return self.rollout(prompts)
+        ro = None
+        try:
+            ro = self.rollout(prompts)
+        except KeyboardInterrupt:
+            pass
+        if distributed.any_rank(ro is None):
+            raise KeyboardInterrupt
+        return ro
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Everything a checkpoint holds; refuses (NonFiniteError) a policy or optimizer holding NaN/inf."""
+        """Everything a checkpoint holds; refuses (NonFiniteError) a policy or optimizer holding NaN/inf.
+
+        Data-parallel, every rank calls it (it gathers each rank's random streams into ``rng["ranks"]``)."""
         check_state(self.policy.model, "policy parameter")
         check_state(self.optimizer, "optimizer state")
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if self.world > 1:
+            rng["ranks"] = distributed.gather_object(dict(rng))
         return {"policy": self.policy.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "precision": self.precision.state_dict(),
                 "counters": {"updates": self.updates, "global_step": self.global_step, "kl_coef": self.kl_coef,
                              "n_updates": self.n_updates},
-                "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}}
+                "rng": rng}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.model.load_state_dict(state["policy"])
@@ -169,9 +202,22 @@ class TextPPO:
         self.n_updates = int(c.get("n_updates", 0))
         if self.kl is not None:
             self.kl.value = self.kl_coef
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"])
+        self._load_rng(state["rng"])
         self._refresh_actor()
+
+    def _load_rng(self, rng: dict) -> None:
+        """This rank's streams: its own from a checkpoint of as many ranks, else (another world size) rank 0's
+        on rank 0 and fresh ones, seeded by rank and update, on the others."""
+        ranks = rng.get("ranks")
+        if ranks is not None and len(ranks) == self.world:
+            rng = ranks[self.rank]
+        elif self.rank > 0:
+            seed = self.cfg.seed + self.rank + self.updates * self.world
+            torch.manual_seed(seed)
+            self.generator.manual_seed(seed)
+            return
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
 
 
 def _check_finite(values: Tensor, what: str, prompts: list[str], responses: list[str]) -> None:

@@ -64,9 +64,11 @@ def group_advantages(rewards: Tensor, mask: Tensor, num_generations: int, method
     return adv.reshape(-1, 1) * mask.float()
 
 
-def whiten_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
-    """Scale token rewards to unit variance over real tokens, keeping their mean (TRL's ``whiten_rewards``)."""
-    return masked_whiten(rewards, mask, shift_mean=False) * mask
+def whiten_rewards(rewards: Tensor, mask: Tensor, whiten: Callable[..., Tensor] = masked_whiten) -> Tensor:
+    """Scale token rewards to unit variance over real tokens, keeping their mean (TRL's ``whiten_rewards``).
+
+    ``whiten``: ``masked_whiten``, or ``rlhf.distributed.whiten`` for the statistics of every rank's tokens."""
+    return whiten(rewards, mask, shift_mean=False) * mask
 
 
 class AdaptiveKL:
