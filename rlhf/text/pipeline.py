@@ -140,6 +140,9 @@ def build_text_ppo(cfg: Config, run_dir: Path, tokenizer: Tokenizer, task: Task,
     over the ranks before the clip, advantage whitening and the target-KL stop over every rank's samples."""
     from rlhf.text.ppo import TextPPO
 
+    # the stage's own start: LoRA's initial adapters and the minibatch shuffles come from torch's global
+    # generator, which nothing else seeds when the PPO stage runs alone (stages=[ppo], text.init_from)
+    torch.manual_seed(cfg.seed + distributed.rank())
     policy, reference = build_policy(cfg, run_dir, device)
     score = load_reward(cfg, run_dir, tokenizer, device)
     settings = ppo_settings(cfg.ppo)

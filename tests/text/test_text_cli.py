@@ -83,6 +83,21 @@ def test_stage_subset_with_init_from_and_a_reward_callable(text_run, tmp_path):
     assert "reward_function_score" in result and "sft_reward_function_score" in result
 
 
+def test_a_ppo_stage_run_alone_is_repeatable(text_run, tmp_path):
+    """stages=[ppo] seeds its own start: the same command twice ends with the same weights (LoRA adapters'
+    initial values and minibatch shuffles included)."""
+    import torch
+
+    finals = []
+    for name in ("a", "b"):
+        run("train", "configs/text_rlhf.yaml", *TINY, "stages=[ppo]", "text.lora.rank=4", f"text.init_from={text_run}",
+            "--run-dir", str(tmp_path / name))
+        newest = sorted((tmp_path / name / "checkpoints").glob("step_*.pt"))[-1]
+        finals.append(torch.load(newest, map_location="cpu", weights_only=True)["policy"])
+    assert finals[0].keys() == finals[1].keys()
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
 def test_bad_reward_callable_stops_with_the_pair(text_run, tmp_path):
     reward = tmp_path / "bad.py"
     reward.write_text("def reward_function(prompt, response):\n    return 'great'\n")
