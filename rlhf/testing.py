@@ -15,6 +15,7 @@ A policy here is any ``nn.Module`` that ``ppo_update`` can train: ``evaluate_act
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import numpy as np
 import torch
@@ -121,3 +122,12 @@ def assert_moves_toward_positive_advantage(policy: nn.Module, n: int = 128, seed
     delta = new_logp - old_logp
     up, down = float(delta[sign > 0].mean()), float(delta[sign < 0].mean())
     assert up > 0 > down, f"log-prob of positive-advantage actions changed by {up:.3g}, negative by {down:.3g}"
+
+
+def parameter_digest(module: nn.Module) -> str:
+    """SHA-256 of every entry of ``module.state_dict()`` (names and exact bytes): equal digests mean
+    bit-identical weights, e.g. across data-parallel ranks or between a resumed and an uninterrupted run."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

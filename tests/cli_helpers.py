@@ -1,9 +1,13 @@
-"""Shared helpers for the end-to-end tests: paths, the `rlhf` command, TensorBoard event reading."""
+"""Shared helpers for the end-to-end tests: paths, the `rlhf` command, torchrun, TensorBoard event reading."""
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACKS = ROOT.parent / "shared" / "tracks"
+# two data-parallel ranks on gloo, started as users start them
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def rlhf_cmd(*args: str) -> list[str]:

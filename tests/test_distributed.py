@@ -1,19 +1,13 @@
 """Data-parallel PPO (rlhf.distributed): 2 processes on gloo, started by torchrun as users start them."""
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from cli_helpers import ROOT
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+from cli_helpers import ROOT, TORCHRUN, TORCHRUN_ENV
 
 WORKER = r'''
-import hashlib, json, sys
+import json, sys
 from pathlib import Path
 
 import torch
@@ -22,13 +16,7 @@ from rlhf import distributed
 from rlhf.config import load_config
 from rlhf.ppo.advantages import masked_whiten
 from rlhf.trainer import Trainer
-
-
-def digest(module):
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+from rlhf.testing import parameter_digest as digest
 
 
 out = Path(sys.argv[1])
@@ -71,7 +59,7 @@ for name, overrides in (("flat", ["policy.normalize_obs=true"]),
 
 
 def run(cmd, cwd, timeout=300):  # generous: a loaded 2-core machine runs two ranks plus the launcher
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=TORCHRUN_ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

@@ -1,16 +1,12 @@
 """Data-parallel text pipeline: 2 processes on gloo, started by torchrun as users start them."""
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from cli_helpers import ROOT, rlhf_cmd
+from cli_helpers import ROOT, TORCHRUN, TORCHRUN_ENV, rlhf_cmd
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 MODEL = ["text.model.n_layer=1", "text.model.n_head=2", "text.model.n_embd=32"]
 SUPERVISED = ["text.sft.steps=40", "text.sft.corpus_size=2000", "text.reward_model.pairs=48",
               "text.reward_model.val_pairs=24", "text.reward_model.responses_per_prompt=4",
@@ -20,19 +16,13 @@ PPO = ["text.updates=2", "text.prompts_per_update=8", "text.max_new_tokens=8", "
 TINY = [*MODEL, *SUPERVISED, *PPO]
 
 WORKER = r'''
-import hashlib, json, sys
+import json, sys
 from pathlib import Path
 
 from rlhf import distributed
 from rlhf.config import load_config
 from rlhf.text import pipeline
-
-
-def digest(module):
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+from rlhf.testing import parameter_digest as digest
 
 
 out, root, tiny = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
@@ -76,7 +66,7 @@ for name, config, extra, reduce in runs:
 
 
 def run(cmd, timeout=300, check=True):  # generous: a loaded 2-core machine runs two ranks plus the launcher
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=ROOT, env=TORCHRUN_ENV, capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
