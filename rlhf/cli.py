@@ -435,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, _user_errors()):
             print(f"rlhf: {exc}", file=sys.stderr)
             return 2
+        if "rlhf.distributed" in sys.modules and sys.modules["rlhf.distributed"].peer_failed(exc):
+            print("rlhf: another data-parallel rank stopped first (its message is above); this rank stopped too",
+                  file=sys.stderr)
+            return 2
         raise
     except KeyboardInterrupt:
         print("rlhf: interrupted", file=sys.stderr)

@@ -133,6 +133,17 @@ def gather_object(value) -> list:
     return out
 
 
+def peer_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank exited first (gloo and nccl raise a
+    plain RuntimeError naming the closed connection): that rank printed the cause, this one need not."""
+    if world_size() <= 1 or not isinstance(exc, RuntimeError):
+        return False
+    dist_error = getattr(dist, "DistError", None)
+    text = str(exc)
+    return (dist_error is not None and isinstance(exc, dist_error)) or any(
+        s in text for s in ("closed by peer", "reset by peer", "remote worker"))
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when it is True on any (a stop request, say), so that all ranks leave together."""
     t = torch.tensor([float(flag)], device=_coll_device())

@@ -11,3 +11,8 @@ class NonFiniteError(ConfigError):
     The message names the source (env index and step, loss name, parameter group). Training stops
     before the bad numbers reach the weights or a checkpoint; the CLI prints one line and exits non-zero.
     """
+
+
+class RankFailedError(ConfigError):
+    """Data-parallel: another rank stopped with an error (it prints its own message); this rank stops too,
+    at the same point, instead of waiting in a collective the failed rank never enters."""

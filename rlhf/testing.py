@@ -129,5 +129,7 @@ def parameter_digest(module: nn.Module) -> str:
     bit-identical weights, e.g. across data-parallel ranks or between a resumed and an uninterrupted run."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes: bf16 has no numpy dtype
     return h.hexdigest()

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from rlhf import distributed
 from rlhf.config import Config
-from rlhf.errors import NonFiniteError
+from rlhf.errors import NonFiniteError, RankFailedError
 from rlhf.finite import check_state
 from rlhf.moe import moe_statistics
 from rlhf.ppo.advantages import masked_mean, masked_whiten
@@ -50,6 +50,25 @@ class TextRollout:
     kl: Tensor  # (B, T) per-token KL estimate to the reference
     entropy: Tensor  # (B, T)
     ended: Tensor  # (B,) emitted EOS
+
+
+@dataclass
+class Scored:
+    """One rank's sampled and scored responses before advantages: what needs no other rank."""
+
+    prompts: list[str]
+    responses: list[str]
+    gen: GenerationOutput
+    obs: dict[str, Tensor]
+    actions: Tensor
+    mask: Tensor  # (B, T) response tokens
+    logp: Tensor
+    values: Tensor | None
+    entropy: Tensor
+    rewards: Tensor  # (B, T) per-token: -kl_coef * KL, plus the score at the last real token
+    scores: Tensor
+    kl: Tensor
+    ended: Tensor
 
 
 class TextPPO:
@@ -96,9 +115,13 @@ class TextPPO:
         idx = torch.randint(len(self.prompts), (self.text.prompts_per_update,), generator=self.generator)
         return [self.prompts[i] for i in idx.tolist() for _ in range(self.text.num_generations)]
 
-    @torch.no_grad()
     def rollout(self, prompts: list[str]) -> TextRollout:
         """Generate, score and turn scores into per-token rewards and advantages."""
+        return self._advantages(self._sample_and_score(prompts))
+
+    @torch.no_grad()
+    def _sample_and_score(self, prompts: list[str]) -> Scored:
+        """This rank's own part of a rollout (no collective): generate, score, per-token rewards, checks."""
         t, tok = self.text, self.tokenizer
         ids, pmask = tok.encode_batch(prompts)
         gen = generate(self.actor, ids.to(self.device), pmask.to(self.device), t.max_new_tokens, tok.eos_id,
@@ -116,6 +139,12 @@ class TextPPO:
         scores = penalise_missing_eos(raw, ended, t.missing_eos_penalty)
         rewards, kl = token_rewards(scores, logp, ref_logp.float(), mask, self.kl_coef, t.kl_estimator)
         _check_finite(rewards.sum(1), "per-token reward (score - kl_coef * KL to the reference)", prompts, responses)
+        return Scored(prompts, responses, gen, obs, actions, mask, logp, values, entropy, rewards, scores, kl, ended)
+
+    @torch.no_grad()
+    def _advantages(self, sc: Scored) -> TextRollout:
+        """Rewards -> advantages; data-parallel, reward whitening reads every rank's statistics."""
+        t, rewards, mask, values = self.text, sc.rewards, sc.mask, sc.values
         if t.whiten_rewards:
             rewards = whiten_rewards(rewards, mask, distributed.whiten if self.world > 1 else masked_whiten)
         if t.advantage == "gae":
@@ -124,8 +153,8 @@ class TextPPO:
         else:
             advantages = group_advantages(rewards, mask, t.num_generations, t.advantage)
             values = returns = torch.zeros_like(advantages)
-        batch = Batch(obs, actions, logp, values, advantages, returns, mask.float())
-        return TextRollout(prompts, responses, gen, batch, scores, kl, entropy, ended)
+        batch = Batch(sc.obs, sc.actions, sc.logp, values, advantages, returns, mask.float())
+        return TextRollout(sc.prompts, sc.responses, sc.gen, batch, sc.scores, sc.kl, sc.entropy, sc.ended)
 
     def iteration(self) -> tuple[dict[str, float], TextRollout]:
         """One generate -> score -> update cycle; returns (stats in TRL's and SB3's words, the rollout).
@@ -164,18 +193,27 @@ class TextPPO:
         return stats, ro
 
     def _rollout_on_every_rank(self, prompts: list[str]) -> TextRollout:
-        """``rollout``; data-parallel, a signal that cut one rank's reward call short (KeyboardInterrupt) stops
-        every rank here, before the update's collectives."""
+        """``rollout``; data-parallel, the ranks agree before any collective (reward whitening, the update's)
+        whether each sampled and scored its prompts: an error on one rank (its reward function raised, a
+        NaN score) stops every rank with ``RankFailedError`` on the others, and a signal that cut one rank's
+        reward call short (KeyboardInterrupt) stops every rank with KeyboardInterrupt."""
         if self.world == 1:
             return self.rollout(prompts)
-        ro = None
+        scored, error = None, None
         try:
-            ro = self.rollout(prompts)
+            scored = self._sample_and_score(prompts)
         except KeyboardInterrupt:
             pass
-        if distributed.any_rank(ro is None):
+        except Exception as exc:  # raised below, after every rank knows
+            error = exc
+        if distributed.any_rank(error is not None):
+            if error is not None:
+                raise error
+            raise RankFailedError("another data-parallel rank stopped with an error while sampling or scoring "
+                                  "(its message is above); every rank stopped before this update")
+        if distributed.any_rank(scored is None):
             raise KeyboardInterrupt
-        return ro
+        return self._advantages(scored)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

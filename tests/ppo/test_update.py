@@ -210,3 +210,20 @@ def test_the_loop_fits_one_screen_and_never_asks_what_the_optimizer_is():
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("isinstance", "getattr", "hasattr", "type"):
             assert "optimizer" not in ast.unparse(node), ast.unparse(node)
+
+
+def test_parameter_digest_tells_bit_identical_weights_apart_in_any_dtype():
+    import torch
+
+    from rlhf.testing import parameter_digest
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert parameter_digest(a) == parameter_digest(b)
+    with torch.no_grad():
+        b.weight[0, 0] = torch.nextafter(b.weight[0, 0], torch.tensor(1.0))  # one ulp
+    assert parameter_digest(a) != parameter_digest(b)
+    fp32 = parameter_digest(a)
+    a.to(torch.bfloat16)  # in place; bf16 has no numpy dtype: hashed as raw bytes, the dtype in the digest
+    assert len(parameter_digest(a)) == 64 and parameter_digest(a) != fp32

@@ -149,3 +149,22 @@ def test_a_signal_on_one_rank_stops_every_rank_with_a_checkpoint(base, tmp_path)
     assert newest(run_dir)["counters"]["updates"] == 1  # saved by rank 0, which got no signal
     train("--resume", str(run_dir))
     assert newest(run_dir)["counters"]["updates"] == 4
+
+
+def test_a_reward_error_on_one_rank_stops_every_rank_in_one_line_each(base, tmp_path):
+    """Rank 1's reward function raises during update 2 while reward whitening (a collective) is on: rank 1
+    names the error, rank 0 stops at the same point instead of waiting in the whitening's all_reduce, and
+    neither prints a traceback. The checkpoint of update 1 stays the newest."""
+    reward, run_dir = tmp_path / "reward.py", tmp_path / "run"
+    reward.write_text(
+        "import os\ncalls = 0\ndef reward_function(prompt, response):\n    global calls\n    calls += 1\n"
+        "    if os.environ['RANK'] == '1' and calls == 10:\n        raise ValueError('judge unavailable')\n"
+        "    return float(len(response.split()))\n")
+    proc = train("configs/text_rlhf.yaml", *TINY, "stages=[ppo]", "text.updates=4", "text.whiten_rewards=true",
+                 f"text.init_from={base}", f"text.reward_function={reward}", "--run-dir", str(run_dir), check=False)
+    assert proc.returncode != 0
+    assert "judge unavailable" in proc.stderr
+    assert "another data-parallel rank stopped with an error" in proc.stderr
+    ranks = proc.stderr.split("torch/distributed/elastic")[0]  # what follows is torchrun's own failure report
+    assert "Traceback" not in ranks and "gloo" not in ranks, ranks[-3000:]
+    assert newest(run_dir)["counters"]["updates"] == 1
