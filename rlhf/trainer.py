@@ -62,6 +62,10 @@ class Trainer:
         if self.world > 1:
             distributed.refuse_unsupported(cfg)
         found = self._find_resume_checkpoint() if resume else None
+        saved_kind = (found[1].get("env_state") or {}).get("kind") if found is not None else None
+        if cfg.env.vectorization == "auto" and saved_kind == "sync":
+            # a run from before its env had a batched version: ``auto`` means what wrote the checkpoint
+            cfg = self.cfg = cfg.model_copy(update={"env": cfg.env.model_copy(update={"vectorization": "sync"})})
         if cfg.torch_threads and self.world == 1:  # ranks run one thread each (rlhf.distributed.init)
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)

@@ -208,3 +208,16 @@ def test_run_files_have_one_mode_and_default_run_dirs_are_unique(tmp_path, monke
     assert set(modes.values()) == {0o644}, modes
     assert a != b and a.parent == b.parent == Path("runs") and a.is_dir() and b.is_dir()
     assert a.name.startswith("cartpole-") and b.name in (a.name + "-2", *(n for n in [b.name] if n[:-2] != a.name))
+
+
+def test_a_run_written_before_its_env_had_a_batched_version_resumes_under_auto(tmp_path, capsys):
+    """A Pendulum run whose config says ``auto`` but whose checkpoint holds a SyncVectorEnv's state (as runs
+    did before the batched Pendulum existed) resumes on the kind of env that wrote it."""
+    run_dir = tmp_path / "old"
+    assert main(["train", "configs/pendulum.yaml", "env.vectorization=sync", "total_timesteps=512", "ppo.n_steps=32",
+                 "checkpoint.every=256", "logging.progress_bar=false", "--run-dir", str(run_dir)]) == 0
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("vectorization: sync", "vectorization: auto"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "total_timesteps=1024", "logging.progress_bar=false"]) == 0
+    assert "finished at step 1024" in capsys.readouterr().err
