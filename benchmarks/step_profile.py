@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import sys
 import tempfile
 import time
@@ -60,7 +61,7 @@ def op_counts(policy, optimizer, precision, batch, settings) -> tuple[float, flo
 
     from rlhf.ppo.update import ppo_update
 
-    one = settings.__class__(**{**settings.__dict__, "epochs": 1})
+    one = dataclasses.replace(settings, epochs=1)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(10):
             ppo_update(policy, optimizer, batch, one, precision)

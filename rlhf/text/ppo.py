@@ -88,9 +88,8 @@ class TextPPO:
             if self.text.adaptive_kl else None
         self.kl_coef = self.text.kl_coef
         self.world, self.rank = distributed.world_size(), distributed.rank()
-        self.generator = torch.Generator().manual_seed(cfg.seed + self.rank)  # each rank its own prompts and samples
-        if self.world > 1:  # and its own minibatch shuffles, the same on every run (a checkpoint's replace these)
-            torch.manual_seed(cfg.seed + self.rank)
+        # each rank its own prompts and samples (its minibatch shuffles: ``build_text_ppo`` seeds torch by rank)
+        self.generator = torch.Generator().manual_seed(cfg.seed + self.rank)
         self.actor = self._make_actor()
         self.updates, self.global_step = 0, 0
         self.n_updates = 0  # gradient steps over the whole run (train/n_updates, cumulative as in SB3)
