@@ -1,0 +1,31 @@
+"""The TensorBoard side of ``rlhf.logger.Logger``: what a user's TensorBoard reads back."""
+from __future__ import annotations
+
+import math
+
+from rlhf.config import LoggingConfig
+from rlhf.logger import Logger
+from tests.cli_helpers import scalar_tags, scalars
+
+
+def test_scalars_logged_together_read_back_per_tag_and_nan_is_skipped(tmp_path):
+    logger = Logger(tmp_path, LoggingConfig(progress_bar=False), total_steps=100)
+    logger.log({"rollout/ep_rew_mean": 1.5, "train/value_loss": 0.25, "train/approx_kl": math.nan,
+                "time/fps": 1000}, step=10)
+    logger.scalars({"rollout/ep_rew_mean": 2.5, "eval/mean_return": None}, step=20)
+    logger.close()
+    assert scalar_tags(tmp_path) == {"rollout/ep_rew_mean", "train/value_loss", "time/fps"}
+    assert scalars(tmp_path, "rollout/ep_rew_mean") == [(10, 1.5), (20, 2.5)]
+    assert scalars(tmp_path, "train/value_loss") == [(10, 0.25)]
+    assert scalars(tmp_path, "time/fps") == [(10, 1000.0)]
+
+
+def test_a_resumed_run_drops_what_a_killed_run_logged_past_its_checkpoint(tmp_path):
+    first = Logger(tmp_path, LoggingConfig(progress_bar=False), total_steps=100)
+    for step in (10, 20, 30):
+        first.log({"train/value_loss": float(step)}, step)
+    first.close()
+    resumed = Logger(tmp_path, LoggingConfig(progress_bar=False), total_steps=100, start_step=20)
+    resumed.log({"train/value_loss": 99.0}, 20)
+    resumed.close()
+    assert scalars(tmp_path, "train/value_loss") == [(10, 10.0), (20, 99.0)]
