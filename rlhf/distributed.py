@@ -24,10 +24,16 @@ import atexit
 import json
 import math
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from rlhf.ppo.update import Batch
 
 # logged statistics that add up over ranks (counts); every other one is averaged
 SUMMED = ("time/episodes", "val/num_eos_tokens")
@@ -212,20 +218,11 @@ class Whiten:
     """``PPOSettings.whiten`` across ranks: ``masked_whiten`` with the mean and (Bessel-corrected) std of the
     masked elements of every rank's ``x``, from one ``all_reduce`` of (count, sum, sum of squares) in float64.
 
-    When an epoch is one minibatch, ``ppo_update`` whitens the same tensor every epoch: its statistics are
-    kept from the first epoch (same tensor, mask and version), saving an ``all_reduce`` per epoch.
+    (``ppo_update`` reuses the result while an epoch is one minibatch, so each update reduces once.)
     """
 
-    def __init__(self) -> None:
-        self._x = self._mask = self._versions = None
-        self._stats: tuple[float, float] = (0.0, 1.0)
-
     def __call__(self, x: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
-        versions = (x._version, None if mask is None else mask._version)
-        if x is not self._x or mask is not self._mask or versions != self._versions:
-            self._stats = self._reduce(x, mask)
-            self._x, self._mask, self._versions = x, mask, versions
-        mean, std = self._stats
+        mean, std = self._reduce(x, mask)
         return (x - mean) / (std + eps)
 
     @staticmethod
@@ -242,6 +239,32 @@ class Whiten:
         n, s, ss = total.tolist()
         mean = s / max(n, 1.0)
         return mean, math.sqrt(max(ss - n * mean * mean, 0.0) / max(n - 1.0, 1.0))
+
+
+class EqualSplit:
+    """``PPOSettings.minibatches`` for data-parallel gym training: every rank's batch in ``count`` shuffled
+    minibatches, however many rows it holds.
+
+    Why: a rank's batch leaves out the step after each episode end (see ``rlhf.rollout``), so ranks hold
+    different numbers of rows; cut into ``batch_size`` pieces they would take different numbers of gradient
+    steps, and the gradient mean of one rank's step would meet another collective on the other rank. ``count``
+    is the split of a full rollout (``n_steps * num_envs / batch_size``), the same on every rank; each piece
+    holds at least 2 rows (rows are reused in a batch smaller than ``2 * count``), so every rank also whitens
+    every piece.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __call__(self, b: Batch, batch_size: int) -> Iterator[Batch]:
+        if self.count == 1:
+            yield b
+            return
+        order = torch.randperm(len(b))
+        if len(order) < 2 * self.count:
+            order = order.repeat(-(-2 * self.count // len(order)))[:2 * self.count]
+        for piece in order.tensor_split(self.count):
+            yield b.index(piece)
 
 
 def whiten(x: Tensor, mask: Tensor | None = None, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:

@@ -290,7 +290,9 @@ class Trainer:
         self.policy.train()
         settings = ppo_settings(ppo, progress_remaining, self.kl_coef)
         if self.world > 1:  # advantage statistics and the target-KL stop over every rank's minibatch
-            settings = replace(settings, whiten=distributed.Whiten(), mean=distributed.mean)
+            rows = ppo.rollout_steps * self.envs.num_envs  # every rank's batch in as many minibatches
+            settings = replace(settings, whiten=distributed.Whiten(), mean=distributed.mean,
+                               minibatches=distributed.EqualSplit(-(-rows // ppo.batch_size)))
         stats = ppo_update(self.policy, self.optimizer, batch, settings, self.precision)
         if ppo.policy_loss == "kl_penalty":
             stats["train/kl_coef"] = self.kl_coef

@@ -10,6 +10,8 @@ WORKER = r'''
 import json, sys
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import torch
 
 from rlhf import distributed
@@ -27,7 +29,7 @@ res = {"world": distributed.world_size()}
 g = torch.Generator().manual_seed(0)
 full, mask = torch.randn(2, 10, generator=g) * 3 + 1, torch.rand(2, 10, generator=g) > 0.3
 res["whiten_err"] = float((distributed.whiten(full[r], mask[r]) - masked_whiten(full, mask)[r]).abs().max())
-w = distributed.Whiten()  # the cached statistics of one tensor, fresh ones for another
+w = distributed.Whiten()  # what ppo_update calls: the same tensor twice, then another
 mine, other = (full[r], mask[r]), ((full * 2)[r], ~mask[r])
 cases = ((mine, (full, mask)), (mine, (full, mask)), (other, (full * 2, ~mask)))  # a hit, then a new tensor
 res["whiten_cached_err"] = max(float((w(*args) - masked_whiten(*whole)[r]).abs().max()) for args, whole in cases)
@@ -54,6 +56,29 @@ for name, overrides in (("flat", ["policy.normalize_obs=true"]),
                  "n_updates": trainer.n_updates, "global_step": trainer.global_step,
                  "optimizer": type(trainer.optimizer).__name__,
                  "early_stops": trainer.last_stats["train/early_stop"]}
+
+
+class Short(gym.Env):
+    """Episodes of 1 step on rank 0 and 50 on rank 1: rank 0's batch holds about half the rows of rank 1's."""
+    observation_space, action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32), gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), float(action), self.t >= (1 if r == 0 else 50), False, {}
+
+
+gym.register("ShortOnRank0-v0", entry_point=Short)
+trainer = Trainer(load_config(data={**base, "env": {"id": "ShortOnRank0-v0", "num_envs": 2},
+                                    "ppo": {"n_steps": 8, "batch_size": 4, "epochs": 2}}), out / "uneven")
+rows = len(trainer.relabel(trainer.collect())[0])
+start = digest(trainer.policy)
+trainer.train()
+res["uneven"] = {"rows": rows, "start": start, "end": digest(trainer.policy), "n_updates": trainer.n_updates}
 (out / f"rank{r}.json").write_text(json.dumps(res))
 '''
 
@@ -82,6 +107,11 @@ def test_two_ranks_agree_on_gradients_advantages_statistics_and_parameters(tmp_p
         assert a["global_step"] == b["global_step"] == 256  # total_timesteps counts every rank's steps
         assert a["n_updates"] == b["n_updates"]
     assert r0["adam"]["n_updates"] < 4 * 8 * 2  # the target-KL stop fired (on both ranks at once)
+    # ranks whose batches differ in size (episode ends) still take the same steps, in as many minibatches
+    a, b = r0["uneven"], r1["uneven"]
+    assert a["rows"] < 10 < 14 < b["rows"]
+    # 7 iterations (the first collect above counts as one), 4 minibatches x 2 epochs each
+    assert a["start"] == b["start"] != a["end"] == b["end"] and a["n_updates"] == b["n_updates"] == 7 * 4 * 2
     written = sorted(p.name.split(".")[0] for p in (tmp_path / "flat").iterdir())
     assert written == ["checkpoints", "config", "events"]  # one event file, no lock left
 

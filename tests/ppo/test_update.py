@@ -12,6 +12,7 @@ from torch import nn
 from rlhf.config import PolicyConfig
 from rlhf.optim import make_optimizer
 from rlhf.policies import ActorCritic
+from rlhf.ppo.advantages import masked_whiten
 from rlhf.ppo.losses import kl_estimate
 from rlhf.ppo.update import Batch, PPOSettings, adapt_kl_coef, ppo_loss, ppo_update
 from rlhf.testing import synthetic_batch
@@ -186,6 +187,44 @@ def test_flat_adam_and_fused_mlp_change_no_number(batch_size):
         assert stats[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
     for (name, a), b in zip(policy.named_parameters(), plain.parameters()):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+@pytest.mark.parametrize("batch_size, calls", [(64, 1), (32, 8)])
+def test_whole_batch_advantages_are_normalised_once_per_update(batch_size, calls):
+    """One minibatch per epoch: the same advantages every epoch, normalised once; split minibatches each time.
+    The numbers are the same as normalising every epoch."""
+    seen = []
+
+    def counting(x, mask):
+        seen.append(x)
+        return masked_whiten(x, mask)
+
+    policy = make_policy()
+    batch = synthetic_batch(policy, n=64, seed=0)
+    start = copy.deepcopy(policy.state_dict())
+    torch.manual_seed(1)
+    stats = ppo_update(policy, make_optimizer(policy, 1e-3), batch,
+                       PPOSettings(batch_size=batch_size, epochs=4, whiten=counting))
+    assert len(seen) == calls
+    policy_ref = make_policy()
+    policy_ref.load_state_dict(start)
+    torch.manual_seed(1)
+    ref = ppo_update(policy_ref, make_optimizer(policy_ref, 1e-3), batch, PPOSettings(batch_size=batch_size, epochs=4))
+    assert stats["train/policy_gradient_loss"] == pytest.approx(ref["train/policy_gradient_loss"], rel=1e-6)
+    for a, b in zip(policy.parameters(), policy_ref.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_advantages_changed_in_place_are_normalised_again():
+    from rlhf.ppo.update import _ReuseForSameInput
+
+    calls = []
+    whiten = _ReuseForSameInput(lambda x, m: calls.append(1) or x * 2)
+    x = torch.ones(3)
+    assert torch.equal(whiten(x, None), torch.full((3,), 2.0)) and whiten(x, None) is whiten(x, None)
+    x.add_(1.0)
+    assert torch.equal(whiten(x, None), torch.full((3,), 4.0)) and len(calls) == 2
+    assert torch.equal(whiten(torch.ones(3), None), torch.full((3,), 2.0)) and len(calls) == 3
 
 
 def test_update_statistics_hand_checked():
