@@ -164,11 +164,12 @@ class Collector:
                 deterministic: bool = False) -> Tensor:
         """Fill ``rollout`` for ``n_steps`` vector steps, or until ``episodes`` episodes finished; return the
         observation after the last step (for the bootstrap value). ``actor`` needs ``sample_actions`` and
-        ``env_actions``; log-probs and values are filled in afterwards by ``score_rollout``."""
+        ``env_actions`` (observations as a tensor, or as a float32 array when ``actor.takes_numpy``); log-probs and values are filled in afterwards by ``score_rollout``."""
         rollout.reset()
         finished = 0
+        observe = self._obs_array if getattr(actor, "takes_numpy", False) else self._obs_tensor
         while (rollout.t < n_steps) if n_steps is not None else (finished < episodes):
-            actions = actor.sample_actions(self._obs_tensor(), deterministic)
+            actions = actor.sample_actions(observe(), deterministic)
             try:
                 next_obs, rewards, terminated, truncated, infos = self.envs.step(actor.env_actions(actions))
             except ConfigError:
@@ -195,6 +196,10 @@ class Collector:
         with float64 or integer observations) as float32, like the rollout stores them."""
         obs = torch.as_tensor(self.obs, device=self.device)
         return obs if obs.dtype in (torch.uint8, torch.float32) else obs.float()
+
+    def _obs_array(self) -> np.ndarray:
+        """The current observations for an actor that computes in numpy (``rlhf.numpy_actor``), as float32."""
+        return self.obs if self.obs.dtype == np.float32 else self.obs.astype(np.float32)
 
     def _refuse(self, obs: np.ndarray, rewards: np.ndarray, step: int) -> None:
         check_env_arrays(f"env {self.env_name!r}: observation", obs, step)

@@ -22,6 +22,7 @@ from rlhf.integrations import for_env
 from rlhf.logger import Logger
 from rlhf.moe import moe_statistics
 from rlhf.normalize import RewardScaler
+from rlhf.numpy_actor import NumpyActor
 from rlhf.ppo.update import Batch, adapt_kl_coef, ppo_update
 from rlhf.rollout import Collector, make_rollout, score_rollout
 from rlhf.run_dir import RunDirLock
@@ -133,17 +134,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ actor copy for rollouts
     def _make_actor(self):
+        """What steps the envs: the policy itself, its numpy twin (fp32 tanh MLPs on the CPU, see
+        ``rlhf.numpy_actor``), or a lower-precision copy (``precision.rollout``)."""
         if self.cfg.precision.rollout == "fp32":
+            if self.precision.mode == "fp32" and self.device.type == "cpu" and NumpyActor.why_not(self.policy) is None:
+                return NumpyActor(self.policy, seed=(self.cfg.seed, self.rank))
             return self.policy
         from rlhf.precision import make_actor
 
         return make_actor(self.policy, self.cfg.precision.rollout)
 
     def _refresh_actor(self) -> None:
-        if self.actor is not self.policy:
+        if isinstance(self.actor, NumpyActor):
+            self.actor = self.actor.refresh(self.policy)
+        elif self.actor is not self.policy:
             from rlhf.precision import refresh_actor
 
             self.actor = refresh_actor(self.actor, self.policy)
+
+    @property
+    def _low_precision_actor(self) -> bool:
+        """A lower-precision copy acts (its samples are off-policy by ``precision/actor_learner_kl``)."""
+        return self.actor is not self.policy and not isinstance(self.actor, NumpyActor)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, float]:
@@ -159,7 +171,7 @@ class Trainer:
             logger.hparams(_flat_hparams(cfg), ("rollout/ep_rew_mean", "train/value_loss"))
         if main:
             workers = f", {self.world} data-parallel ranks" if self.world > 1 else ""
-            logger.console.print(f"learner: {self.describe_paths()}{workers}")
+            logger.console.print(f"learner: {self.describe_paths()}{workers}", soft_wrap=True)
         next_ckpt = self._next_checkpoint_step()
         evaluator = None
         if cfg.eval.every and main:
@@ -227,7 +239,9 @@ class Trainer:
         with self.precision.autocast():
             why = self.policy.fused_path(obs.float() if not self.policy.image else obs)
         mlp = "fused tanh MLP" if why is None else f"layer-by-layer MLP ({why})"
-        return f"{mlp}, {type(self.optimizer).__name__}, precision {self.precision.mode}"
+        acting = ("numpy actor" if isinstance(self.actor, NumpyActor)
+                  else f"{self.cfg.precision.rollout} copy" if self._low_precision_actor else "the policy")
+        return f"{mlp}, {type(self.optimizer).__name__}, precision {self.precision.mode}, acting: {acting}"
 
     def _next_checkpoint_step(self) -> int:
         every = self.cfg.checkpoint.every
@@ -271,12 +285,12 @@ class Trainer:
         stay samples from a policy ``precision/actor_learner_kl`` away (k1 estimate of KL(actor || learner)).
         """
         extra: dict[str, float] = {}
-        if self.actor is not self.policy:
+        if self._low_precision_actor:
             score_rollout(self.actor, self.rollout, last_obs, self.device)
             actor_logp = self.rollout.logp.clone()
         with self.precision.autocast():
             last_value = score_rollout(self.policy, self.rollout, last_obs, self.device)
-        if self.actor is not self.policy:
+        if self._low_precision_actor:
             extra["precision/actor_learner_kl"] = float((actor_logp - self.rollout.logp)[self.rollout.valid].mean())
         ppo = self.cfg.ppo
         return self.rollout.batch(last_value, ppo.discount_factor, ppo.gae_lambda), extra
@@ -321,7 +335,7 @@ class Trainer:
         if self.hooks is not None:
             stats.update(self.hooks.episode_metrics(list(ep.infos)))
         if self.policy.continuous:
-            stats["train/std"] = float(self.policy.log_std.exp().mean())
+            stats["train/std"] = float(self.policy.log_std.detach().exp().mean())
         stats.update(moe_statistics(self.policy.moe_layers))  # routing of the last minibatch
         return stats
 
@@ -333,7 +347,8 @@ class Trainer:
             "precision": self.precision.state_dict(),
             "counters": {"global_step": self.global_step, "updates": self.updates, "kl_coef": self.kl_coef,
                          "n_updates": self.n_updates},
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": {"torch": torch.get_rng_state(),
+                    **({"actor": self.actor.state_dict()} if isinstance(self.actor, NumpyActor) else {})},
             "collector": self.collector.state_dict(),
             "env_state": get_env_state(self.envs),
         }
@@ -360,6 +375,11 @@ class Trainer:
         self.n_updates = int(counters.get("n_updates", 0))
         torch.set_rng_state(state["rng"]["torch"])
         self._refresh_actor()
+        if isinstance(self.actor, NumpyActor):  # rank 0's sampling stream; other ranks a fresh one of their own
+            if "actor" in state["rng"] and self.rank == 0:
+                self.actor.load_state_dict(state["rng"]["actor"])
+            else:
+                self.actor.rng = np.random.default_rng((self.cfg.seed, self.rank, self.updates))
         if state.get("env_state") is not None and self.rank == 0:
             self.collector.load_state_dict(state["collector"])
             set_env_state(self.envs, state["env_state"])

@@ -45,12 +45,15 @@ def test_relabel_gives_the_learner_log_probs_when_a_quantized_copy_acts(tmp_path
 
 def test_describe_paths_names_the_fast_paths(tmp_path):
     trainer = tiny(tmp_path)
-    assert trainer.describe_paths() == "fused tanh MLP, FlatAdam, precision fp32"
+    assert trainer.describe_paths() == "fused tanh MLP, FlatAdam, precision fp32, acting: numpy actor"
     trainer.envs.close()
     off = tiny(tmp_path / "b", "policy.fused=off", "ppo.optimizer=adam")
     assert off.describe_paths().startswith("layer-by-layer MLP (policy.fused is off")
-    assert "Adam, precision fp32" in off.describe_paths()
+    assert off.describe_paths().endswith("Adam, precision fp32, acting: the policy")
     off.envs.close()
+    int8 = tiny(tmp_path / "c", "precision.rollout=int8")
+    assert int8.describe_paths().endswith("acting: int8 copy")
+    int8.envs.close()
 
 
 def resumed(tmp_path, *overrides):
