@@ -199,7 +199,8 @@ class PolicyConfig(Section):
     log_std_init: float = Field(0.0, ge=-20.0, le=5.0, description="initial log std (std e^-20 to e^5)")
     cnn_features: int = Field(512, ge=1, le=65_536)
     fused: Literal["auto", "on", "off"] = Field(
-        "auto", description="run tanh actor/critic MLPs as one autograd node (rlhf.fused_mlp); off: layer by layer")
+        "auto", description="run tanh actor/critic MLPs as one autograd node (rlhf.fused_mlp) and act through "
+                            "the actor's numpy twin on the CPU (rlhf.numpy_actor); off: layer by layer, torch acts")
     moe: Optional[MoEConfig] = Field(None, description="make the MLP hidden layers Mixture-of-Experts layers")
 
     @field_validator("fused", mode="before")
