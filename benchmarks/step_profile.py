@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import sys
 import tempfile
 import time
@@ -38,14 +37,17 @@ def mean_seconds(fn, n: int) -> float:
 
 
 def step_phases(policy, optimizer, precision, batch, settings, n: int) -> dict[str, float]:
-    """Mean seconds of each phase of ``ppo_update``'s gradient step on the whole ``batch``."""
+    """Mean seconds of each phase of ``ppo_update``'s gradient step on the whole ``batch`` (whitening counted
+    at its share of a step: once per update when one minibatch holds the batch)."""
     from rlhf.ppo.update import auxiliary_loss, ppo_loss
 
     acc: dict[str, float] = collections.defaultdict(float)
+    # ppo_update normalises a whole-batch minibatch's advantages once per update, not once per epoch
+    share = 1.0 / settings.epochs if len(batch) <= settings.batch_size else 1.0
     for _ in range(n):
         t = time.thread_time()
         adv = settings.whiten(batch.advantages, batch.mask)
-        t, acc["advantage whitening"] = time.thread_time(), acc["advantage whitening"] + time.thread_time() - t
+        t, acc["advantage whitening"] = time.thread_time(), acc["advantage whitening"] + share * (time.thread_time() - t)
         logp, entropy, values = policy.evaluate_actions(batch.obs, batch.actions)
         t, acc["forward (evaluate_actions)"] = time.thread_time(), acc["forward (evaluate_actions)"] + time.thread_time() - t
         loss, _ = ppo_loss(logp, entropy, values, batch, adv, settings, auxiliary_loss(policy))
@@ -56,18 +58,22 @@ def step_phases(policy, optimizer, precision, batch, settings, n: int) -> dict[s
 
 
 def op_counts(policy, optimizer, precision, batch, settings) -> tuple[float, float]:
-    """(top-level operator calls, autograd nodes) of one gradient step, from the torch profiler."""
+    """(operator calls, autograd nodes) per gradient step of whole updates (what an update does once, such
+    as its statistics, at its share of a step), from the torch profiler. An operator call is an ``aten::``
+    op not called by another one: the ops inside the fused MLP's node and inside backward nodes count."""
     from torch.profiler import ProfilerActivity, profile
 
     from rlhf.ppo.update import ppo_update
 
-    one = dataclasses.replace(settings, epochs=1)
+    steps = 0
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(10):
-            ppo_update(policy, optimizer, batch, one, precision)
-    top = [e for e in prof.events() if e.cpu_parent is None]
-    nodes = sum(e.name.startswith("autograd::engine::evaluate_function") for e in top)
-    return (len(top) - nodes) / 10, nodes / 10
+        for _ in range(2):
+            steps += int(ppo_update(policy, optimizer, batch, settings, precision)["train/n_updates"])
+    events = prof.events()
+    nodes = sum(e.name.startswith("autograd::engine::evaluate_function") for e in events)
+    ops = sum(e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::"))
+              for e in events)
+    return ops / steps, nodes / steps
 
 
 def main() -> None:
