@@ -138,6 +138,10 @@ class Trainer:
         ``rlhf.numpy_actor``), or a lower-precision copy (``precision.rollout``)."""
         if self.cfg.precision.rollout == "fp32":
             if self.precision.mode == "fp32" and self.device.type == "cpu" and NumpyActor.why_not(self.policy) is None:
+                from threadpoolctl import threadpool_limits
+
+                # numpy's BLAS would take every core for a large batch of envs: give it the run's torch threads
+                threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
                 return NumpyActor(self.policy, seed=(self.cfg.seed, self.rank))
             return self.policy
         from rlhf.precision import make_actor

@@ -83,3 +83,17 @@ def test_policies_it_does_not_fit_act_themselves(cfg, reason):
     assert reason in NumpyActor.why_not(pi)
     assert NumpyActor(policy(), seed=0).refresh(pi) is pi
     assert NumpyActor.why_not(policy().to(torch.float64)) is not None
+
+
+def test_a_trainer_acting_in_numpy_gives_numpy_s_blas_the_run_s_torch_threads(tmp_path):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from rlhf.config import load_config
+    from rlhf.trainer import Trainer
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        trainer = Trainer(load_config(data={"env": {"id": "CartPole-v1", "num_envs": 2}, "torch_threads": 1,
+                                            "logging": {"progress_bar": False, "tensorboard": False}}), tmp_path)
+        assert isinstance(trainer.actor, NumpyActor)
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+        trainer.close()
