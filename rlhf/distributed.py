@@ -268,7 +268,7 @@ class EqualSplit:
 
 
 def whiten(x: Tensor, mask: Tensor | None = None, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:
-    """One cross-rank whitening without the cache (see ``Whiten``); ``shift_mean=False`` keeps the mean, as
+    """One cross-rank whitening, as ``Whiten`` computes it; ``shift_mean=False`` keeps the mean, as
     ``masked_whiten`` does."""
     mean, std = Whiten._reduce(x, mask)
     out = (x - mean) / (std + eps)
