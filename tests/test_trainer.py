@@ -1,5 +1,6 @@
 """The gym Trainer's named steps on a tiny CartPole run (seconds, no CLI)."""
 import pytest
+import numpy as np
 import torch
 
 from rlhf.config import load_config
@@ -138,3 +139,23 @@ def test_a_checkpoint_that_does_not_fit_an_edited_config_is_one_error(tmp_path):
                                           r"config.yaml edited\?\): Error\(s\) in loading state_dict"):
         resumed(tmp_path)
     assert not (tmp_path / "run" / ".rlhf.lock").exists()
+
+
+def test_the_numpy_actor_s_generator_resumes_and_a_checkpoint_without_it_still_loads(tmp_path):
+    trainer = tiny(tmp_path)
+    trainer.iteration()
+    path = trainer.save()
+    saved = torch.load(path, weights_only=True)
+    assert "actor" in saved["rng"]
+    trainer.actor.rng.random(5)  # moved on after the save
+    trainer.close()
+    again = resumed(tmp_path)
+    assert again.actor.rng.bit_generator.state == saved["rng"]["actor"]["bit_generator"]
+    again.close()
+    del saved["rng"]["actor"]  # as written before rollouts acted in numpy
+    torch.save(saved, path)
+    older = resumed(tmp_path)
+    fresh = np.random.default_rng((older.cfg.seed, 0, older.updates)).bit_generator.state
+    assert older.actor.rng.bit_generator.state == fresh  # seeded by where the run is, as torch's is then
+    older.iteration()
+    older.close()
