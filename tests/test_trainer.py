@@ -1,6 +1,6 @@
 """The gym Trainer's named steps on a tiny CartPole run (seconds, no CLI)."""
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from rlhf.config import load_config
