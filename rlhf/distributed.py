@@ -54,6 +54,10 @@ def refuse_unsupported(cfg) -> None:
     if cfg.text is None and cfg.ppo.episodes_between_updates is not None:
         raise ConfigError("ppo.episodes_between_updates: data-parallel runs need rollouts of one size on every rank; "
                           "use ppo.n_steps")
+    if cfg.text is None and cfg.ppo.n_steps is not None and cfg.ppo.n_steps < 2:
+        # a 1-step rollout of envs that all just ended holds no step to train on (``EqualSplit``)
+        raise ConfigError(f"ppo.n_steps = {cfg.ppo.n_steps}: data-parallel runs need at least 2 steps per rollout, so "
+                          "that every rank has a step to train on; use 2 or more")
 
 
 def init(device: str = "cpu") -> bool:
@@ -257,7 +261,7 @@ class EqualSplit:
         self.count = count
 
     def __call__(self, b: Batch, batch_size: int) -> Iterator[Batch]:
-        if self.count == 1:
+        if self.count == 1 and len(b) >= 2:
             yield b
             return
         order = torch.randperm(len(b))

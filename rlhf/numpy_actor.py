@@ -74,7 +74,9 @@ class NumpyActor:
             return out + self.rng.standard_normal(out.shape, dtype=np.float32) * np.exp(self.log_std)
         if deterministic:
             return out.argmax(-1)
-        return (out - np.log(self.rng.standard_exponential(out.shape, dtype=np.float32))).argmax(-1)
+        # float64 draws: a float32 exponential is exactly 0 about once in 7 million draws, and -log(0) = inf
+        # would pick that action whatever its probability
+        return (out - np.log(self.rng.standard_exponential(out.shape))).argmax(-1)
 
     def env_actions(self, actions: np.ndarray) -> np.ndarray:
         """What the env receives: Box actions clipped to its bounds, Discrete as they are."""

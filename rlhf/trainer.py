@@ -141,6 +141,7 @@ class Trainer:
                 from threadpoolctl import threadpool_limits
 
                 # numpy's BLAS would take every core for a large batch of envs: give it the run's torch threads
+                # (process-wide, like torch.set_num_threads above)
                 threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
                 return NumpyActor(self.policy, seed=(self.cfg.seed, self.rank))
             return self.policy

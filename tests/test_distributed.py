@@ -142,6 +142,7 @@ def test_torchrun_cli_writes_one_run_directory_that_evaluates_and_resumes(tmp_pa
 
 @pytest.mark.parametrize("args, message", [
     (["configs/cartpole.yaml", "ppo.n_steps=null", "ppo.episodes_between_updates=4"], "ppo.episodes_between_updates"),
+    (["configs/cartpole.yaml", "ppo.n_steps=1", "ppo.batch_size=8"], "ppo.n_steps = 1"),
 ])
 def test_what_data_parallel_runs_cannot_honour_is_refused_before_the_group_starts(tmp_path, monkeypatch, capsys,
                                                                                  args, message):
@@ -153,3 +154,18 @@ def test_what_data_parallel_runs_cannot_honour_is_refused_before_the_group_start
     assert main(["train", *args, "--run-dir", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("rows, count", [(1, 1), (2, 1), (5, 1), (3, 2), (4, 3), (9, 2)])
+def test_equal_split_gives_every_rank_count_pieces_of_at_least_two_rows(rows, count):
+    """Every rank takes ``count`` steps and whitens every piece, whatever its number of rows."""
+    import torch
+
+    from rlhf.distributed import EqualSplit
+    from rlhf.ppo.update import Batch
+
+    f = torch.arange(float(rows))
+    pieces = list(EqualSplit(count)(Batch(f[:, None], f.long(), f, f, f, f), batch_size=8))
+    assert len(pieces) == count and all(len(p) >= 2 for p in pieces)
+    seen = torch.cat([p.logp for p in pieces])
+    assert set(seen.tolist()) == set(f.tolist())  # every row is trained on
