@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 CONFIG = ROOT / "configs" / "deepracer_moe.yaml"
 
 # runs `rlhf train ...` in this process and prints its peak RSS (KiB on Linux) as the last stderr line
-_WRAPPER = ("import resource, sys; from rlhf.cli import main; code = main(sys.argv[1:]); "
-            "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-            "sys.exit(code)")
+_WRAPPER = ("import atexit, resource, sys; from rlhf.cli import entry; "
+            "atexit.register(lambda: print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "file=sys.stderr)); entry()")
 
 
 def policy_parameters(overrides: list[str]) -> tuple[int, int]:

@@ -49,9 +49,9 @@ BENCH = ROOT / "benchmarks"
 CONFIGS = ROOT / "configs"
 
 # runs the `rlhf` CLI in this process, then prints its peak RSS (KiB on Linux) as the last stderr line
-_WRAPPER = ("import resource, sys; from rlhf.cli import main; code = main(sys.argv[1:]); "
-            "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-            "sys.exit(code)")
+_WRAPPER = ("import atexit, resource, sys; from rlhf.cli import entry; "
+            "atexit.register(lambda: print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "file=sys.stderr)); entry()")
 # steps one engine's vector env alone with pre-drawn random actions; prints {"seconds", "env"}
 _ENV_ONLY = """
 import json, sys, time

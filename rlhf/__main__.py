@@ -1,5 +1,3 @@
-import sys
+from rlhf.cli import entry
 
-from rlhf.cli import main
-
-sys.exit(main())
+entry()

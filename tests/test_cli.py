@@ -3,6 +3,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -221,3 +222,66 @@ def test_a_run_written_before_its_env_had_a_batched_version_resumes_under_auto(t
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "total_timesteps=1024", "logging.progress_bar=false"]) == 0
     assert "finished at step 1024" in capsys.readouterr().err
+
+
+_GC_PROBE = """
+import gc, json, sys
+import rlhf.cli as cli
+
+seen = {}
+
+
+class Probe:
+    def __init__(self, cfg, run_dir, resume=False):
+        seen["collector_on_while_building"] = gc.isenabled()
+        self.global_step, self.stop_reason = cfg.total_timesteps, None
+
+    def train(self):
+        seen["collector_on_while_training"] = gc.isenabled()
+        seen["frozen_while_training"] = gc.get_freeze_count()
+        return {}
+
+
+cli._trainer = lambda cfg: Probe
+sys.argv = ["rlhf", "train", sys.argv[1], "--run-dir", sys.argv[2], *sys.argv[3:]]
+try:
+    cli.entry()
+except SystemExit as exc:
+    seen["code"] = exc.code
+seen["collector_on_after"] = gc.isenabled()
+print(json.dumps(seen))
+"""
+
+
+def test_the_command_imports_with_the_collector_off_and_trains_with_the_imports_frozen(tmp_path):
+    """``entry`` (the console script, ``python -m rlhf``): the long part runs with the collector on and
+    the import-time objects frozen; a command that stops early turns the collector back on."""
+    def probe(*overrides):
+        out = subprocess.run([sys.executable, "-c", _GC_PROBE, CARTPOLE, str(tmp_path / f"r{len(overrides)}"),
+                              *overrides], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    seen = probe()
+    assert seen["code"] == 0 and seen["collector_on_while_building"] is False
+    assert seen["collector_on_while_training"] is True and seen["frozen_while_training"] > 50_000
+    stopped = probe("ppo.batch_size=0")
+    assert stopped["code"] == 2 and "collector_on_while_building" not in stopped and stopped["collector_on_after"]
+
+
+def test_main_as_a_function_leaves_the_garbage_collector_alone(tmp_path, monkeypatch):
+    import gc
+
+    import rlhf.cli as cli
+
+    class Probe:
+        def __init__(self, cfg, run_dir, resume=False):
+            self.global_step, self.stop_reason = cfg.total_timesteps, None
+
+        def train(self):
+            return {}
+
+    monkeypatch.setattr(cli, "_trainer", lambda cfg: Probe)
+    frozen = gc.get_freeze_count()
+    assert main(["train", CARTPOLE, "--run-dir", str(tmp_path / "r")]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
