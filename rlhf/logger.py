@@ -21,10 +21,10 @@ class Logger:
         self.cfg, self.headline = cfg, headline
         self.writer = None
         if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from rlhf.event_file import EventFile
 
             # purge_step drops events a killed run logged past its last checkpoint.
-            self.writer = SummaryWriter(str(run_dir), purge_step=start_step if start_step else None)
+            self.writer = EventFile(run_dir, purge_step=start_step if start_step else None)
         self.console = Console(stderr=True)
         self.progress = None
         self._last_print = -1
@@ -55,7 +55,7 @@ class Logger:
         values = [Summary.Value(tag=key, simple_value=float(value)) for key, value in stats.items()
                   if value is not None and not math.isnan(value)]
         if values:
-            self.writer.file_writer.add_summary(Summary(value=values), step)
+            self.writer.add_summary(Summary(value=values), step)
 
     def log(self, stats: dict[str, float], step: int) -> None:
         self.scalars(stats, step)
@@ -72,7 +72,9 @@ class Logger:
 
     def text(self, tag: str, body: str, step: int = 0) -> None:
         if self.writer is not None:
-            self.writer.add_text(tag, body, step)
+            from torch.utils.tensorboard.summary import text
+
+            self.writer.add_summary(text(tag, body), step)
 
     def hparams(self, hparams: dict[str, float | str | bool], metrics: tuple[str, ...]) -> None:
         """Hyperparameters into the same event file (the HPARAMS tab), as Stable-Baselines3 does."""
@@ -82,11 +84,15 @@ class Logger:
 
         exp, ssi, sei = hp(hparams, {m: 0.0 for m in metrics})
         for summary in (exp, ssi, sei):
-            self.writer.file_writer.add_summary(summary)
+            self.writer.add_summary(summary)
+
+    def flush(self) -> None:
+        """Put what was logged on disk now (trainers call it with each checkpoint)."""
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
         if self.writer is not None:
-            self.writer.flush()
             self.writer.close()

@@ -199,6 +199,7 @@ class Trainer:
                         logger.scalars(evaluator.evaluate(self.policy, self.global_step), self.global_step)
                     if cfg.checkpoint.every and self.global_step >= next_ckpt:
                         self._save_finite()
+                        logger.flush()
                         next_ckpt = self._next_checkpoint_step()
                     if (reason := self._stop_condition()) is not None:
                         self.stop_reason = reason

@@ -29,3 +29,34 @@ def test_a_resumed_run_drops_what_a_killed_run_logged_past_its_checkpoint(tmp_pa
     resumed.log({"train/value_loss": 99.0}, 20)
     resumed.close()
     assert scalars(tmp_path, "train/value_loss") == [(10, 10.0), (20, 99.0)]
+
+
+def test_events_wait_in_the_buffer_until_a_flush_and_text_and_hparams_read_back(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = Logger(tmp_path, LoggingConfig(progress_bar=False), total_steps=100)
+    logger.writer.flush_seconds = 3600.0
+    logger.writer.flush()
+    size = logger.writer.path.stat().st_size
+    logger.scalars({"train/value_loss": 1.0}, step=1)
+    assert logger.writer.path.stat().st_size == size  # buffered: the training thread made no write call
+    logger.flush()
+    assert logger.writer.path.stat().st_size > size
+    assert scalars(tmp_path, "train/value_loss") == [(1, 1.0)]  # readable while the run goes on
+    logger.text("config", "lr: 0.1", 0)
+    logger.hparams({"learning_rate": 0.1}, ("train/value_loss",))
+    logger.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    assert acc.PluginTagToContent("hparams")
+
+
+def test_a_zero_flush_interval_writes_every_event_through(tmp_path):
+    logger = Logger(tmp_path, LoggingConfig(progress_bar=False), total_steps=100)
+    logger.writer.flush_seconds = 0.0
+    logger.writer.flush()
+    for step in (1, 2):
+        logger.scalars({"train/value_loss": float(step)}, step)
+        assert scalars(tmp_path, "train/value_loss")[-1] == (step, float(step))
+    logger.close()

@@ -384,6 +384,7 @@ class TextTrainer:
         state = ppo.state_dict()  # every rank: it checks the weights and gathers each rank's random streams
         if self.main:
             save_checkpoint(state, self.run_dir, ppo.global_step, self.cfg.checkpoint.keep)
+            self.logger.flush()
 
     def snapshot(self, ppo) -> None:
         """The policy weights at this update, for the over-optimisation curve (update 0 = SFT); rank 0 writes."""
