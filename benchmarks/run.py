@@ -16,7 +16,7 @@ task, alternating seed by seed (the order rotates with the seed):
 Then ``rlhf eval RUN --json`` (10 deterministic episodes) gives the final return. Also measured: the peak
 resident memory of each training process, the env-only time of each engine's vector env (stepped alone
 with pre-drawn random actions for the same number of steps: the bound no trainer over that env can beat),
-and the start-up time (interpreter + the imports of ``rlhf train``).
+and the start-up time (interpreter + the imports of ``rlhf train``, run as the command runs them).
 
 ``text``: ``rlhf train configs/text_rlhf.yaml`` (SFT -> reward model -> PPO) as a whole process per seed,
 then ``rlhf eval RUN --json`` (win rate against the SFT policy, gold score); PPO samples/s and tokens/s
@@ -78,9 +78,11 @@ while done < steps:
 print(json.dumps({"seconds": time.perf_counter() - t0, "env": type(envs).__name__}))
 """
 # what a process imports before it trains (measured as whole `python -c` processes)
+# the `rlhf` command imports with the garbage collector off and freezes what the imports made (rlhf.cli.entry)
 STARTUP = {"python": "pass", "import torch": "import torch",
-           "rlhf train (ours)": "import rlhf.cli, rlhf.config, rlhf.trainer",
-           "rlhf train backend=sb3": "import rlhf.cli, rlhf.config, rlhf.backends.sb3"}
+           "rlhf train (ours)": "import gc; gc.disable(); import rlhf.cli, rlhf.config, rlhf.trainer; gc.freeze()",
+           "rlhf train backend=sb3": "import gc; gc.disable(); import rlhf.cli, rlhf.config, rlhf.backends.sb3; "
+                                     "gc.freeze()"}
 
 
 @dataclass
