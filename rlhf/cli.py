@@ -37,7 +37,9 @@ def entry() -> None:
 
 
 def _settle_imports() -> None:
-    """Under ``entry``: freeze the objects the imports made and turn the collector back on."""
+    """Under ``entry``: freeze the objects the imports made and turn the collector back on. Every command
+    that runs for a while (train, eval, sample, deepracer-replay) calls it before its long part; until then
+    the collector stays off (model-size and errors end the process first)."""
     global _settle_when_ready
     if _settle_when_ready:
         _settle_when_ready = False
@@ -264,6 +266,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not _is_text_run(args.target):
         raise ConfigError(f"{args.target!r} is not a text run directory (rlhf sample reads runs trained from a "
                           "config with a text: section)")
+    _settle_imports()
     rows = sample_texts(args.target, args.prompt, args.n, args.stage, args.seed)
     if args.json:
         print(json.dumps(rows))
@@ -347,6 +350,7 @@ def _text_model_size(cfg) -> int:
 def cmd_deepracer_replay(args: argparse.Namespace) -> int:
     from rlhf.integrations import deepracer
 
+    _settle_imports()
     rows = deepracer.replay(args.target, args.reward, args.track)
     if args.json:
         print(json.dumps(rows))
